@@ -1,0 +1,93 @@
+"""The detector interface every zoo member implements.
+
+Score convention (everywhere in anomstream): **higher = more anomalous**.
+scikit-learn's ``score_samples`` is the opposite; a wrapper flips it once.
+
+A detector only scores.  The decision (calibration, threshold, severity) is
+fitted separately and lives in the model card.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.errors import FeatureCountError, NotFittedError
+
+if TYPE_CHECKING:
+    from models.onnx_graph import GraphBuilder
+
+__all__ = ["Detector"]
+
+
+class Detector(ABC):
+    """Base class of the zoo (scikit-learn estimator rules).
+
+    Subclasses take keyword-only hyperparameters stored as given, validate in
+    :meth:`fit`, name fitted attributes with a trailing underscore and set
+    ``n_features_in_``.
+
+    Methods to implement: :meth:`_fit`, :meth:`_score`, :meth:`_contributions`,
+    :meth:`onnx_graph`, and :meth:`get_params`.
+    """
+
+    algorithm: ClassVar[str]
+    n_features_in_: int
+
+    def fit(self, X: NDArray[np.float32]) -> Self:
+        """Fit on rows ``X`` [N, D] (already preprocessed, finite); returns self."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
+            raise ValueError(f"{self.algorithm} needs a 2-d array with >= 2 rows, got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError(f"{self.algorithm} got non-finite values; impute first")
+        self._fit(X)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def score_samples(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Raw anomaly score per row, higher = more anomalous; each row scored alone."""
+        return self._score(self._check(X))
+
+    def contributions(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Each feature's non-negative share of the row's score; rows sum to 1 (or 0)."""
+        return self._contributions(self._check(X))
+
+    def _check(self, X: NDArray[np.float32]) -> NDArray[np.float32]:
+        if not hasattr(self, "n_features_in_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            got = X.shape[1] if X.ndim == 2 else f"shape {X.shape}"
+            raise FeatureCountError(
+                f"{self.algorithm} expects {self.n_features_in_} features, got {got}"
+            )
+        return X
+
+    @abstractmethod
+    def _fit(self, X: NDArray[np.float32]) -> None: ...
+
+    @abstractmethod
+    def _score(self, X: NDArray[np.float32]) -> NDArray[np.float64]: ...
+
+    @abstractmethod
+    def _contributions(self, X: NDArray[np.float32]) -> NDArray[np.float64]: ...
+
+    @abstractmethod
+    def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
+        """Add this detector's nodes to ``g``.
+
+        ``x`` names a float32 [N, D] tensor (preprocessed).  Returns the names
+        of the float32 ``score`` [N] and ``contributions`` [N, D] tensors.
+        """
+
+    @abstractmethod
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters as given to the constructor (JSON-serialisable)."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"

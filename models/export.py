@@ -1,0 +1,75 @@
+"""Running an exported graph with onnxruntime and checking it against the native scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from models.errors import ExportError
+from models.pipeline import INPUT_NAME, Pipeline
+
+__all__ = ["CONTRIBUTION_TOLERANCE", "check_parity", "onnx_scores"]
+
+CONTRIBUTION_TOLERANCE = 1e-3
+
+
+def onnx_scores(
+    onnx_bytes: bytes, X: NDArray[np.floating]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Score rows ``X`` [N, D] with the graph on onnxruntime's CPU provider, one thread.
+
+    Returns
+    -------
+    score : ndarray of float32, shape (N,)
+    contributions : ndarray of float32, shape (N, D)
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    score, contributions = sess.run(
+        ["score", "contributions"], {INPUT_NAME: np.asarray(X, dtype=np.float32)}
+    )
+    return np.asarray(score), np.asarray(contributions)
+
+
+def check_parity(
+    pipeline: Pipeline,
+    onnx_bytes: bytes,
+    X_holdout: NDArray[np.floating],
+    *,
+    tolerance: float | None = None,
+) -> float:
+    """Max abs difference of scores, ONNX vs native, on held-out raw rows.
+
+    Parameters
+    ----------
+    tolerance : float, optional
+        Defaults to the detector's ``parity_tolerance``.
+
+    Raises
+    ------
+    ExportError
+        If the scores differ by more than ``tolerance``, or the contributions
+        by more than :data:`CONTRIBUTION_TOLERANCE`.
+    """
+    name = type(pipeline.detector).__name__
+    if tolerance is None:
+        tolerance = getattr(pipeline.detector, "parity_tolerance", None)
+        if tolerance is None:
+            raise ExportError(f"detector {name} states no parity_tolerance")
+    score, contributions = onnx_scores(onnx_bytes, X_holdout)
+    diff = float(np.max(np.abs(score - pipeline.score_samples(X_holdout)), initial=0.0))
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportError(
+            f"ONNX export of {name} differs from its native scores by {diff:.3g}, "
+            f"tolerance {tolerance:.3g}"
+        )
+    c_diff = float(np.max(np.abs(contributions - pipeline.contributions(X_holdout)), initial=0.0))
+    if not c_diff <= CONTRIBUTION_TOLERANCE:
+        raise ExportError(
+            f"ONNX export of {name} differs from its native contributions by {c_diff:.3g}, "
+            f"tolerance {CONTRIBUTION_TOLERANCE:.3g}"
+        )
+    return diff

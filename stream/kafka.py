@@ -1,0 +1,278 @@
+"""The Kafka runner: consumer group → micro-batches → core → output topics.
+
+Per fetched batch: decode and validate (:mod:`stream.decoding`), score
+(:class:`stream.core.Scorer`), then produce one score record per valid event
+to ``output_topic``, the admitted anomalies to ``alerts_topic`` and one
+dead-letter record per bad event to ``dlq_topic``.  Offsets are committed only
+after the broker acknowledged every record produced for them (at-least-once:
+after a crash, events since the last commit are scored again; none is lost).
+
+Batching: ``getmany(max_records=max_batch, timeout_ms=max_latency_ms)`` returns
+as soon as records are buffered, so an idle service scores each arrival at
+once while a busy one scores full batches; ``fetch_max_wait_ms`` is tied to
+``max_latency_ms`` (aiokafka's default of 500 ms adds about 110 ms of median
+latency against the embedded broker).  Records are appended to one producer
+batch per (topic, partition), not sent one by one.  Production of batch *k*
+overlaps the fetching and scoring of batch *k+1*; commits stay in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from stream.alerts import AlertFilter
+from stream.batching import split_batches
+from stream.decoding import EventDecoder
+from stream.metrics import Metrics
+from stream.records import dlq_record, dumps, score_records
+
+__all__ = ["KafkaRunner", "LiveModel"]
+
+log = logging.getLogger(__name__)
+
+RecordSink = Callable[[str, list[dict[str, Any]]], None]
+
+
+class LiveModel:
+    """The scorer currently served and its decoder; swapped between batches."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.set(scorer)
+
+    def set(self, scorer: Any) -> None:
+        self.scorer = scorer
+        self.decoder = EventDecoder(scorer.features)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    acks: asyncio.Future[Any]
+    offsets: dict[TopicPartition, int]
+    events: int
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: KafkaRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.runner.drain()
+        if revoked:
+            log.info("partitions revoked: %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)) or "none")
+
+
+class KafkaRunner:
+    """Score events from Kafka topics until stopped.
+
+    Parameters
+    ----------
+    bootstrap : str
+        Kafka bootstrap servers.
+    input_topics, output_topic, alerts_topic, dlq_topic, group_id
+        As in the ``kafka`` config section.
+    model : LiveModel
+        The model to score with (may be swapped while running).
+    alert_filter : AlertFilter
+    metrics : Metrics
+    max_batch, max_latency_ms
+        The ``batching`` config section.
+    max_in_flight : int
+        Scored batches whose records may await acknowledgement at once.
+    on_records : callable, optional
+        Called with (stream name, records) for every published batch
+        (``"scores"``, ``"anomalies"``); the seam for WebSocket fan-out.
+    """
+
+    def __init__(
+        self, *, bootstrap: str, input_topics: Sequence[str], output_topic: str, alerts_topic: str,
+        dlq_topic: str, group_id: str, model: LiveModel, alert_filter: AlertFilter, metrics: Metrics,
+        max_batch: int = 512, max_latency_ms: float = 20.0, max_in_flight: int = 4,
+        on_records: RecordSink | None = None,
+    ) -> None:
+        self.model = model
+        self.output_topic, self.alerts_topic, self.dlq_topic = output_topic, alerts_topic, dlq_topic
+        self.alert_filter = alert_filter
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_latency_ms = max_latency_ms
+        self.max_in_flight = max_in_flight
+        self.on_records = on_records
+        self.input_topics = tuple(input_topics)
+        wait_ms = max(1, int(max_latency_ms))
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=wait_ms, max_partition_fetch_bytes=4 << 20,
+            client_id="anomstream",
+        )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=1 << 20,
+            max_request_size=4 << 20, client_id="anomstream",
+        )
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._pending: deque[_InFlight] = deque()
+        self.scored = 0
+        self.rejected = 0
+
+    async def __aenter__(self) -> KafkaRunner:
+        await self._producer.start()
+        try:
+            for topic in (self.output_topic, self.alerts_topic, self.dlq_topic):
+                self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            self._consumer.subscribe(list(self.input_topics), listener=_DrainOnRevoke(self))
+            await self._consumer.start()
+        except BaseException:
+            await self._producer.stop()
+            raise
+        log.info("consuming %s as group member of %r", ", ".join(self.input_topics), self._consumer._group_id)
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if et is None or et is asyncio.CancelledError:
+                await self.drain()
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    async def run(self, stop: asyncio.Event, *, stop_after: int | None = None) -> None:
+        """Consume, score and publish until ``stop`` is set (or ``stop_after`` events)."""
+        consumer = self._consumer
+        seen = 0
+        while not stop.is_set():
+            fetched = await consumer.getmany(timeout_ms=int(self.max_latency_ms) or 1, max_records=self.max_batch)
+            if not fetched:
+                continue
+            messages = [m for tp in sorted(fetched) for m in fetched[tp]]
+            for batch in split_batches(messages, self.max_batch):
+                await self._publish(batch)
+            self._update_lag(fetched)
+            seen += len(messages)
+            if stop_after is not None and seen >= stop_after:
+                break
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for every in-flight batch to be acknowledged, committing in order."""
+        while self._pending:
+            await self._commit_head()
+
+    async def _commit_head(self) -> None:
+        head = self._pending[0]
+        await head.acks  # raises if the broker refused a record: nothing is committed then
+        self._pending.popleft()
+        await self._consumer.commit(head.offsets)
+
+    async def _publish(self, messages: Sequence[Any]) -> None:
+        outputs, offsets = self._process(messages)
+        futures = await self._send(outputs)
+        self._pending.append(_InFlight(asyncio.gather(*futures), offsets, len(messages)))
+        while len(self._pending) > self.max_in_flight or (self._pending and self._pending[0].acks.done()):
+            await self._commit_head()
+
+    def _process(self, messages: Sequence[Any]) -> tuple[list[tuple[str, int, bytes | None, bytes]], dict[TopicPartition, int]]:
+        """Decode, score and encode one batch (synchronous: no awaits per event)."""
+        live = self.model
+        scorer, decoder = live.scorer, live.decoder
+        m = self.metrics
+        now = time.time()
+        decoded = decoder.decode([msg.value if msg.value is not None else b"" for msg in messages])
+        scored = scorer.score(decoded.X)
+        scored_at = time.time()
+        sources = [{"topic": msg.topic, "partition": msg.partition, "offset": msg.offset} for msg in messages]
+        keys = [msg.key.decode("utf-8", "replace") if msg.key is not None else None for msg in messages]
+        received = [
+            (messages[i].timestamp / 1000.0 if messages[i].timestamp and messages[i].timestamp > 0 else now)
+            for i in decoded.rows
+        ]
+        records = score_records(
+            decoded, scored, model=scorer.ref, features=scorer.features, scored_at=scored_at,
+            received_at=received, keys=keys, sources=sources,
+        )
+        outputs: list[tuple[str, int, bytes | None, bytes]] = []
+        parts = self._partitions
+        out_parts = parts[self.output_topic]
+        for rec, pos in zip(records, decoded.rows):
+            msg = messages[pos]
+            outputs.append((self.output_topic, self._partition(msg.key, msg.partition, out_parts), msg.key, dumps(rec)))
+        anomalies = [records[i] for i in scored.anomalous_rows.tolist()]
+        if anomalies:
+            sev = scored.severity[scored.anomalous_rows].tolist()
+            admitted = self.alert_filter.admit([r["key"] for r in anomalies], sev, scored_at)
+            alert_parts = parts[self.alerts_topic]
+            for rec, ok, row in zip(anomalies, admitted, scored.anomalous_rows.tolist()):
+                if ok:
+                    msg = messages[decoded.rows[row]]
+                    outputs.append((self.alerts_topic, self._partition(msg.key, msg.partition, alert_parts), msg.key, dumps(rec)))
+            for s in sev:
+                m.anomalies.labels(severity=_SEV_NAMES[s]).inc()
+        if decoded.rejected:
+            dlq_parts = parts[self.dlq_topic]
+            for rej in decoded.rejected:
+                msg = messages[rej.index]
+                rec = dlq_record(rej, msg.value or b"", sources[rej.index])
+                outputs.append((self.dlq_topic, self._partition(msg.key, msg.partition, dlq_parts), msg.key, dumps(rec)))
+                m.rejected.labels(reason=rej.code).inc()
+            self.rejected += len(decoded.rejected)
+        offsets: dict[TopicPartition, int] = {}
+        for msg in messages:
+            offsets[TopicPartition(msg.topic, msg.partition)] = msg.offset + 1
+        m.events.labels(source="kafka").inc(len(messages))
+        if decoded.rows:
+            m.batch_size.observe(len(decoded.rows))
+            m.inference.observe(scored.inference_s)
+            observe = m.latency.observe
+            for r in received:
+                observe(scored_at - r)
+        self.scored += len(records)
+        if self.on_records is not None:
+            self.on_records("scores", records)
+            if anomalies:
+                self.on_records("anomalies", anomalies)
+        return outputs, offsets
+
+    def _partition(self, key: bytes | None, source_partition: int, partitions: list[int]) -> int:
+        if key is not None:
+            return int(self._partitioner(key, partitions, partitions))
+        return partitions[source_partition % len(partitions)]
+
+    async def _send(self, outputs: list[tuple[str, int, bytes | None, bytes]]) -> list[Awaitable[Any]]:
+        producer = self._producer
+        builders: dict[tuple[str, int], Any] = {}
+        futures: list[Awaitable[Any]] = []
+        for topic, part, key, value in outputs:
+            b = builders.get((topic, part))
+            if b is None:
+                b = builders[(topic, part)] = producer.create_batch()
+            if b.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(b, topic, partition=part))
+                b = builders[(topic, part)] = producer.create_batch()
+                if b.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record for {topic!r} of {len(value)} bytes exceeds the producer batch size")
+        for (topic, part), b in builders.items():
+            if b.record_count():
+                futures.append(await producer.send_batch(b, topic, partition=part))
+        return futures
+
+    def _update_lag(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        gauge = self.metrics.consumer_lag
+        for tp, msgs in fetched.items():
+            high = self._consumer.highwater(tp)
+            if high is not None and msgs:
+                gauge.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - msgs[-1].offset - 1))
+
+
+_SEV_NAMES = ("none", "low", "medium", "high", "critical")

@@ -1,0 +1,49 @@
+"""Prometheus metrics (contract §8), on a registry of their own.
+
+Label values stay bounded: sources, reject codes, severities, topic and
+partition numbers, model name/version/provider; never event ids or keys.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Metrics"]
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class Metrics:
+    """Every service metric, registered on ``self.registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.events = Counter("anomstream_events", "Events received", ["source"], registry=r)
+        self.rejected = Counter("anomstream_events_rejected", "Events sent to the dead-letter topic", ["reason"], registry=r)
+        self.anomalies = Counter("anomstream_anomalies", "Anomalies scored", ["severity"], registry=r)
+        self.batch_size = Histogram("anomstream_batch_size", "Events per scored batch", buckets=_BATCH_BUCKETS, registry=r)
+        self.inference = Histogram("anomstream_inference_seconds", "ONNX inference time per batch", buckets=_INFERENCE_BUCKETS, registry=r)
+        self.latency = Histogram("anomstream_latency_seconds", "Event in to result out", buckets=_LATENCY_BUCKETS, registry=r)
+        self.model_info = Gauge("anomstream_model_info", "The model being served", ["name", "version", "provider"], registry=r)
+        self.drift_events = Counter("anomstream_drift_events", "Drift events", ["signal"], registry=r)
+        self.retrain = Counter("anomstream_retrain", "Retraining jobs", ["status"], registry=r)
+        self.websocket_clients = Gauge("anomstream_websocket_clients", "Connected WebSocket clients", ["endpoint"], registry=r)
+        self.websocket_dropped = Counter("anomstream_websocket_dropped", "Records dropped for slow subscribers", registry=r)
+        self.alerts = Counter("anomstream_alerts", "Alerts delivered", ["sink", "status"], registry=r)
+        self.consumer_lag = Gauge("anomstream_consumer_lag", "Records behind the end of the partition", ["topic", "partition"], registry=r)
+
+    def set_model(self, name: str, version: int, provider: str) -> None:
+        """Mark ``name@version`` on ``provider`` as the one model served."""
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=str(version), provider=provider).set(1)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        """Expose ``/metrics`` on ``port`` (a background thread)."""
+        start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
