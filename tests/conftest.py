@@ -1,0 +1,62 @@
+"""Shared fixtures: one embedded broker for the whole suite, a trained model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.broker import EmbeddedBroker
+from stream.synthetic import SyntheticStream
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+N_FEATURES = 6
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of an embedded Tansu broker shared by the session."""
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(port=0, log_file=log) as b:
+        yield b.bootstrap
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> SyntheticStream:
+    return SyntheticStream(n_features=N_FEATURES, seed=3)
+
+
+@pytest.fixture(scope="session")
+def train_csv(tmp_path_factory: pytest.TempPathFactory, synthetic: SyntheticStream) -> Path:
+    """3,000 generated rows with 1% injected anomalies (no label column)."""
+    X, _ = SyntheticStream(n_features=N_FEATURES, seed=3).sample(3000, anomaly_rate=0.01)
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    np.savetxt(path, X, delimiter=",", header=",".join(synthetic.features), comments="", fmt="%.6g")
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory, train_csv: Path) -> Path:
+    """A registry holding ``default@1``, trained by the real AutoML (IForest, 2 trials)."""
+    from training.automl import train
+    from training.data import load_dataset
+
+    root = tmp_path_factory.mktemp("registry")
+    train(load_dataset(train_csv), name="default", algorithms=["iforest"], trials=2, budget_s=60,
+          contamination=0.01, registry_root=root, seed=0)
+    return root
+
+
+def python_cmd(*args: str) -> list[str]:
+    """The CLI as a subprocess command (``python -m stream ...``)."""
+    return [sys.executable, "-m", "stream", *args]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMSTREAM_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
