@@ -71,6 +71,7 @@ def train(data: Path, name: str, label_column: str | None, time_column: str | No
     from training.data import load_dataset, profile
     from training.errors import TrainingError
 
+    _quiet_optuna()
     try:
         ds = load_dataset(data, label_column=label_column, time_column=time_column)
     except TrainingError as exc:
@@ -96,6 +97,12 @@ def train(data: Path, name: str, label_column: str | None, time_column: str | No
     click.echo(f"model {card.ref} ({card.detector.get('algorithm')}): {shown}; threshold {card.threshold:.4f}; "
                f"parity {card.parity:.2e}")
     click.echo(f"artifact: {result.artifact.path}")
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _parse_algorithms(text: str | None) -> list[str] | None:

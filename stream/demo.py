@@ -38,8 +38,12 @@ def _ensure_model(registry: Path, name: str) -> None:
     if Registry(registry).current(name) is not None:
         print(f"model: using {name}@{Registry(registry).current(name)} from {registry}", flush=True)
         return
+    import optuna
+
     from training.automl import train
     from training.data import load_dataset
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     gen = SyntheticStream(n_features=N_FEATURES, seed=SEED)
     X, y = gen.sample(5000, anomaly_rate=0.01)
