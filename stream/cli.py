@@ -77,6 +77,7 @@ def train(data: Path, name: str, label_column: str | None, time_column: str | No
     except TrainingError as exc:
         _fail(str(exc))
     _print_profile(ds, profile(ds))
+    _check_writable(registry)  # before the search, not after its budget is spent
     progress, finish = _progress_bar(budget_s, trials)
     try:
         result = run_training(
@@ -97,6 +98,17 @@ def train(data: Path, name: str, label_column: str | None, time_column: str | No
     click.echo(f"model {card.ref} ({card.detector.get('algorithm')}): {shown}; threshold {card.threshold:.4f}; "
                f"parity {card.parity:.2e}")
     click.echo(f"artifact: {result.artifact.path}")
+
+
+def _check_writable(registry: Path) -> None:
+    import os
+
+    try:
+        registry.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"registry {str(registry)!r} cannot be created: {exc.strerror or exc}")
+    if not os.access(registry, os.W_OK | os.X_OK):
+        _fail(f"registry {str(registry)!r} is not writable")
 
 
 def _quiet_optuna() -> None:
@@ -185,7 +197,10 @@ def score(model_ref: str, data: Path, output: Path | None, registry: Path) -> No
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text)
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            _fail(f"cannot write {str(output)!r}: {exc.strerror or exc}")
         click.echo(f"{len(lines) - 1} rows scored with {artifact.card.ref}: {int(flag.sum())} anomalies -> {output}", err=True)
 
 

@@ -1,0 +1,238 @@
+"""End-to-end benchmark: producer process → broker → ``anomstream serve`` → scores topic.
+
+Run with ``make bench``.  Everything shares this machine: the embedded
+broker, a producer in its own process, the service in its own process, and
+the collector (this process) that reads the output topic.
+
+Rows of the table:
+
+* ceiling: the same messages produced by the same producer process, consumed
+  with aiokafka ``getmany`` and decoded with orjson, no scoring and no output
+  (what the parts underneath allow);
+* anomstream: the service consuming, scoring (ONNX IForest), producing score
+  records; throughput counted on the scores topic, latency from the event's
+  ``ts`` (set by the producer at send time) to the arrival of its score record.
+
+Each scenario offers events at the maximum rate and at 5,000 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+N_FEATURES = 32
+
+
+def _payloads(n: int, seed: int, base: int = 0) -> list[bytes]:
+    from stream.synthetic import SyntheticStream
+
+    gen = SyntheticStream(n_features=N_FEATURES, seed=seed)
+    X, _ = gen.sample(n, anomaly_rate=0.01)
+    # ts is patched in at send time; a fixed-width placeholder keeps encoding out of the send loop.
+    names = [f"x{j}" for j in range(N_FEATURES)]
+    return [orjson.dumps({"id": base + i, "ts": 0.0, "features": {k: float(f"{v:.6g}") for k, v in zip(names, row)}})
+            for i, row in enumerate(X.tolist())]
+
+
+def _producer_main(bootstrap: str, topic: str, n: int, base: int, rate: float | None, ready: mp.Event, go: mp.Event) -> None:
+    asyncio.run(_produce(bootstrap, topic, n, base, rate, ready, go))
+
+
+async def _produce(bootstrap: str, topic: str, n: int, base: int, rate: float | None, ready: mp.Event, go: mp.Event) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    bodies = [p.replace(b'"ts":0.0', b'"ts":%s') for p in _payloads(n, seed=1, base=base)]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 18, acks=1)
+    await producer.start()
+    ready.set()
+    while not go.is_set():
+        await asyncio.sleep(0.005)
+    t0 = time.perf_counter()
+    futures = []
+    for i, body in enumerate(bodies):
+        if rate is not None:
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0.002:
+                await asyncio.sleep(delay)
+        futures.append(await producer.send(topic, body % repr(time.time()).encode()))
+        if len(futures) >= 5000:
+            await asyncio.gather(*futures)
+            futures.clear()
+    await asyncio.gather(*futures)
+    await producer.stop()
+
+
+def _start_producer(bootstrap: str, topic: str, n: int, base: int, rate: float | None) -> tuple[mp.Process, mp.Event]:
+    ctx = mp.get_context("spawn")
+    ready, go = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_producer_main, args=(bootstrap, topic, n, base, rate, ready, go), daemon=True)
+    proc.start()
+    if not ready.wait(60):
+        raise RuntimeError("producer did not start")
+    return proc, go
+
+
+async def _collect(bootstrap: str, topic: str, n: int, base: int, timeout_s: float, go: mp.Event) -> tuple[float, np.ndarray]:
+    """Let the producer go and read until every id in ``[base, base + n)`` arrived.
+
+    Records outside the range are skipped: the embedded broker's end offsets
+    can point before the true end, so a consumer positioned "at the end" may
+    first see older records.  Returns events/s (first to last in-range record)
+    and per-event latency in ms (first arrival of each id).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5,
+                                max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    parts = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+    consumer.assign(parts)
+    await consumer.seek_to_end(*parts)
+    for tp in parts:
+        await consumer.position(tp)
+    go.set()
+    lat = np.full(n, np.nan)
+    got = 0
+    first = last = 0.0
+    deadline = time.monotonic() + timeout_s
+    loads = orjson.loads
+    try:
+        while got < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=100, max_records=10000)
+            now = time.time()
+            fresh = 0
+            for msgs in batch.values():
+                for m in msgs:
+                    rec = loads(m.value)
+                    i = rec["id"] - base
+                    if 0 <= i < n and lat[i] != lat[i]:  # first arrival of an id of this run
+                        lat[i] = (now - float(rec["ts"])) * 1000.0
+                        fresh += 1
+            if fresh:
+                got += fresh
+                if not first:
+                    first = time.perf_counter()
+                last = time.perf_counter()
+    finally:
+        await consumer.stop()
+    if got < n:
+        raise RuntimeError(f"only {got} of {n} records arrived on {topic} within {timeout_s:.0f} s")
+    return got / max(last - first, 1e-9), lat
+
+
+async def _partitions(consumer: object, topic: str) -> set[int]:
+    for _ in range(100):
+        parts = consumer.partitions_for_topic(topic)  # type: ignore[attr-defined]
+        if parts:
+            return set(parts)
+        await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"topic {topic} has no partitions")
+
+
+_next_base = [0]
+
+
+def _scenario(bootstrap: str, topic_in: str, topic_out: str, n: int, rate: float | None) -> tuple[float, np.ndarray]:
+    base = _next_base[0]
+    _next_base[0] += n
+    proc, go = _start_producer(bootstrap, topic_in, n, base, rate)
+    try:
+        return asyncio.run(_collect(bootstrap, topic_out, n, base, timeout_s=300, go=go))
+    finally:
+        proc.join(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events per max-rate run")
+    parser.add_argument("--paced-seconds", type=float, default=10.0, help="length of the 5,000 events/s run")
+    args = parser.parse_args()
+
+    import optuna
+
+    from stream.broker import EmbeddedBroker, ensure_topics
+    from training.automl import train
+    from training.data import load_dataset
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="anomstream-bench-"))
+    from stream.synthetic import SyntheticStream
+
+    gen = SyntheticStream(n_features=N_FEATURES, seed=1)
+    X, _ = gen.sample(10_000, anomaly_rate=0.01)
+    csv = tmp / "train.csv"
+    np.savetxt(csv, X, delimiter=",", header=",".join(f"x{i}" for i in range(N_FEATURES)), comments="", fmt="%.5g")
+    train(load_dataset(csv), name="default", algorithms=["iforest"], trials=1, contamination=0.01,
+          registry_root=tmp / "models", seed=0)
+    sample = _payloads(1, 0)[0]
+    print(f"model: IForest (100 trees), {N_FEATURES} features; event size ≈ {len(sample)} B; "
+          f"{os.cpu_count()} CPUs; broker: embedded Tansu", flush=True)
+
+    rows: list[tuple[str, str, float, np.ndarray | None]] = []
+    paced_n = int(5000 * args.paced_seconds)
+    with EmbeddedBroker(port=0) as broker:
+        bs = broker.bootstrap
+        run = uuid.uuid4().hex[:6]
+        # Ceiling: produce → consume → orjson, no scoring.
+        for label, n, rate in (("max", args.events, None), ("5,000/s", paced_n, 5000.0)):
+            topic = f"ceiling-{run}-{label[:3]}"
+            asyncio.run(ensure_topics(bs, {topic: 4}))
+            eps, lat = _scenario(bs, topic, topic, n, rate)
+            rows.append(("ceiling: aiokafka produce → consume → orjson", label, eps, lat))
+            print(f"  ceiling {label}: {eps:,.0f} events/s", flush=True)
+        # The service.
+        prefix = f"svc-{run}"
+        topics = {f"{prefix}.{t}": 4 for t in ("events", "scores", "anomalies", "dlq", "control")}
+        asyncio.run(ensure_topics(bs, topics))
+        cfg = tmp / "service.yaml"
+        cfg.write_text(json.dumps({
+            "model": {"registry": str(tmp / "models"), "name": "default"},
+            "kafka": {"bootstrap_servers": bs, "input_topics": [f"{prefix}.events"], "output_topic": f"{prefix}.scores",
+                      "alerts_topic": f"{prefix}.anomalies", "dlq_topic": f"{prefix}.dlq",
+                      "control_topic": f"{prefix}.control", "group_id": prefix},
+            "websocket": {"enabled": False}, "metrics": {"enabled": False},
+        }))
+        svc_log = open(tmp / "serve.log", "wb")
+        svc = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--config", str(cfg), "--log-level", "INFO"],
+                               stdout=svc_log, stderr=subprocess.STDOUT)
+        print(f"service log: {tmp / 'serve.log'}", flush=True)
+        try:
+            # Warm up: the service joins its group and scores a first batch.
+            _scenario(bs, f"{prefix}.events", f"{prefix}.scores", 2000, 2000.0)
+            out = f"{prefix}.scores"
+            for label, n, rate in (("max", args.events, None), ("5,000/s", paced_n, 5000.0)):
+                eps, lat = _scenario(bs, f"{prefix}.events", out, n, rate)
+                rows.append(("anomstream serve (decode, ONNX score, produce)", label, eps, lat))
+                print(f"  anomstream {label}: {eps:,.0f} events/s", flush=True)
+        finally:
+            svc.send_signal(signal.SIGTERM)
+            svc.wait(30)
+
+    ceiling = {label: eps for name, label, eps, _ in rows if name.startswith("ceiling")}
+    print()
+    print(f"| {'pipeline':<48} | {'offered':>8} | {'events/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'vs ceiling':>10} |")
+    print(f"|{'-' * 50}|{'-' * 10}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|")
+    for name, label, eps, lat in rows:
+        p50, p99 = (np.percentile(lat, [50, 99]) if lat is not None else (np.nan, np.nan))
+        print(f"| {name:<48} | {label:>8} | {eps:>9,.0f} | {p50:>7.1f} | {p99:>7.1f} | {eps / ceiling[label]:>10.2f} |")
+    print("\nlatency: event ts (producer send) → record read by the collector; max-rate latency includes the backlog.")
+
+
+if __name__ == "__main__":
+    main()
