@@ -1,0 +1,35 @@
+# anomstream: `make demo` and `make test` do all set-up on a fresh machine (Python >= 3.11).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch is pinned to the CPU build of 2.13.0: an open range would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+DURATION ?= 60
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/anomstream demo --duration $(DURATION)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python tests/perf/bench_e2e.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check stream models training tests
+	$(BIN)/mypy stream models training
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
