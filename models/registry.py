@@ -152,17 +152,34 @@ class Registry:
         return version
 
     def _previous(self, name: str, current: int | None) -> int:
-        history: list[dict[str, object]] = []
+        """The version below the current one on the promotion stack.
+
+        Replaying ``history.jsonl``: a promotion pushes its version, a rollback
+        pops back to its target, so rolling back twice walks two steps back.
+        """
+        stack: list[int] = []
         try:
             with open(self.root / name / "history.jsonl") as fh:
-                history = [json.loads(line) for line in fh if line.strip()]
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    entry = json.loads(line)
+                    to = entry.get("to")
+                    if not isinstance(to, int):
+                        continue
+                    if entry.get("action") == "rollback":
+                        while stack and stack[-1] != to:
+                            stack.pop()
+                        if not stack:
+                            stack.append(to)
+                    elif not stack or stack[-1] != to:
+                        stack.append(to)
         except FileNotFoundError:
             pass
-        # Walk back through promotions that led to the current version.
-        for entry in reversed(history):
-            if entry.get("to") == current and isinstance(entry.get("from"), int) and entry["from"] != current:
-                if entry["from"] in self.versions(name):
-                    return int(entry["from"])  # type: ignore[arg-type]
+        available = set(self.versions(name))
+        below = [v for v in stack[:-1] if v in available and v != current] if stack and stack[-1] == current else []
+        if below:
+            return below[-1]
         older = [v for v in self.versions(name) if current is None or v < current]
         if not older:
             raise RegistryError(f"model {name!r} has no version to roll back to from {current}")

@@ -25,7 +25,7 @@ class AlertFilter:
     """Admit anomalies at or above ``min_severity``, one per key per ``cooldown_s``."""
 
     def __init__(self, *, min_severity: str = "medium", cooldown_s: float = 60.0, max_keys: int = 100_000) -> None:
-        self.min_code = SEVERITIES.index(min_severity)  # type: ignore[arg-type]
+        self.min_code = SEVERITIES.index(min_severity)
         self.cooldown_s = cooldown_s
         self.max_keys = max_keys
         self._last: dict[str, float] = {}

@@ -81,7 +81,8 @@ def train(data: Path, name: str, label_column: str | None, time_column: str | No
     progress, finish = _progress_bar(budget_s, trials)
     try:
         result = run_training(
-            ds, name=name, algorithms=algos, budget_s=budget_s, trials=trials, metric=metric,
+            ds, name=name, algorithms=algos, budget_s=budget_s, trials=trials,
+            metric="aucpr" if metric == "aucpr" else "roc_auc",
             contamination=contamination, storage=storage, study=study, seed=seed,
             registry_root=registry, promote=promote, progress=progress,
         )

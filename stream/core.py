@@ -126,7 +126,8 @@ class Scorer:
         """Raw scores → calibrated scores in [0, 1]."""
         if self._cal_x.size == 1:
             return np.where(np.asarray(raw, dtype=np.float64) > self._cal_x[0], 1.0, 0.0)
-        return np.interp(raw, self._cal_x, self._cal_y, left=0.0, right=1.0)
+        out: NDArray[np.float64] = np.interp(raw, self._cal_x, self._cal_y, left=0.0, right=1.0)
+        return out
 
     def score(self, X: NDArray[np.float32]) -> ScoredBatch:
         """Score a batch (rows in card feature order, NaN for missing)."""

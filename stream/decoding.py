@@ -111,7 +111,7 @@ class EventDecoder:
             if type(ev) is not dict:
                 rejected.append(Rejection(i, "invalid_json", f"expected a JSON object, got {_json_type(ev)}"))
                 continue
-            feats = ev.get("features")
+            feats: Any = ev.get("features")
             t = type(feats)
             if t is dict:
                 try:
@@ -146,15 +146,16 @@ class EventDecoder:
         nan = np.isnan(X64)
         bad = ~nan & (np.abs(X64) > _F32_MAX)
         if bad.any():
-            keep = ~bad.any(axis=1)
+            keep = np.asarray(~bad.any(axis=1), dtype=bool)
             for r in np.flatnonzero(~keep):
                 j = int(np.flatnonzero(bad[r])[0])
                 rejected.append(
                     Rejection(rows[r], "non_finite", f"feature {self.features[j]!r} is {X64[r, j]!r}, outside float32 range")
                 )
             X64, nan = X64[keep], nan[keep]
-            rows = [r for r, k in zip(rows, keep) if k]
-            events = [e for e, k in zip(events, keep) if k]
+            kept = keep.tolist()
+            rows = [r for r, k in zip(rows, kept) if k]
+            events = [e for e, k in zip(events, kept) if k]
         imputed: list[tuple[str, ...] | None] = [None] * len(rows)
         if nan.any():
             for r in np.flatnonzero(nan.any(axis=1)):

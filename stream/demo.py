@@ -80,9 +80,9 @@ async def _produce(bootstrap: str, rate: int, stop: asyncio.Event, counts: dict[
                 X, y = gen.sample(due, anomaly_rate=0.01)
                 now = time.time()
                 for i, row in enumerate(X.tolist()):
-                    ev = {"id": sent + i, "ts": now, "key": f"sensor-{(sent + i) % 16}",
-                          "features": dict(zip(gen.features, row))}
-                    await producer.send("events", orjson.dumps(ev), key=ev["key"].encode())
+                    key = f"sensor-{(sent + i) % 16}"
+                    ev = {"id": sent + i, "ts": now, "key": key, "features": dict(zip(gen.features, row))}
+                    await producer.send("events", orjson.dumps(ev), key=key.encode())
                 sent += due
                 counts["sent"] = sent
                 counts["injected"] = counts.get("injected", 0) + int(y.sum())
@@ -117,8 +117,7 @@ async def _summarise(bootstrap: str, stop: asyncio.Event, counts: dict[str, int]
                         window.append((now - ts) * 1000.0)
             mono = time.monotonic()
             if mono - last >= 1.0:
-                lat = np.array(window) if window else np.array([np.nan])
-                p50, p99 = np.nanpercentile(lat, [50, 99])
+                p50, p99 = np.percentile(np.array(window), [50, 99]) if window else (np.nan, np.nan)
                 print(f"[{mono - started:5.0f}s] {(n - last_n) / (mono - last):8.0f} events/s  scored {n:>8}  "
                       f"anomalies {anomalies:>6} ({anomalies / max(n, 1):.2%})  latency p50 {p50:6.1f} ms  "
                       f"p99 {p99:6.1f} ms  model {model}", flush=True)

@@ -111,6 +111,7 @@ class KafkaRunner:
         self.max_in_flight = max_in_flight
         self.on_records = on_records
         self.input_topics = tuple(input_topics)
+        self.group_id = group_id
         wait_ms = max(1, int(max_latency_ms))
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
@@ -137,7 +138,7 @@ class KafkaRunner:
         except BaseException:
             await self._producer.stop()
             raise
-        log.info("consuming %s as group member of %r", ", ".join(self.input_topics), self._consumer._group_id)
+        log.info("consuming %s as a member of group %r", ", ".join(self.input_topics), self.group_id)
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

@@ -65,10 +65,11 @@ class Service:
         if s.websocket.enabled:
             log.info("websocket section read; this release serves Kafka only")
         if s.kafka.enabled:
-            self.bootstrap, self.broker = await asyncio.to_thread(resolve_bootstrap, s.kafka.bootstrap_servers)
+            bootstrap, self.broker = await asyncio.to_thread(resolve_bootstrap, s.kafka.bootstrap_servers)
+            self.bootstrap = bootstrap
             k = s.kafka
             topics = {t: k.partitions for t in (*k.input_topics, k.output_topic, k.alerts_topic, k.dlq_topic, k.control_topic)}
-            await ensure_topics(self.bootstrap, topics)
+            await ensure_topics(bootstrap, topics)
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
