@@ -25,6 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/python tests/perf/bench_core.py
 	$(BIN)/python tests/perf/bench_e2e.py
 
 lint: $(STAMP)

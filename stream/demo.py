@@ -98,7 +98,7 @@ async def _summarise(bootstrap: str, stop: asyncio.Event, counts: dict[str, int]
                                 fetch_max_wait_ms=50, group_id=None)
     await consumer.start()
     window: deque[float] = deque(maxlen=20000)
-    n = anomalies = last_n = 0
+    n = anomalies = last_n = last_anomalies = 0
     model = "?"
     last = time.monotonic()
     started = last
@@ -118,11 +118,12 @@ async def _summarise(bootstrap: str, stop: asyncio.Event, counts: dict[str, int]
             mono = time.monotonic()
             if mono - last >= 1.0:
                 p50, p99 = np.percentile(np.array(window), [50, 99]) if window else (np.nan, np.nan)
-                print(f"[{mono - started:5.0f}s] {(n - last_n) / (mono - last):8.0f} events/s  scored {n:>8}  "
-                      f"anomalies {anomalies:>6} ({anomalies / max(n, 1):.2%})  latency p50 {p50:6.1f} ms  "
+                new, flagged = n - last_n, anomalies - last_anomalies
+                print(f"[{mono - started:5.0f}s] {new / (mono - last):8.0f} events/s  scored {n:>8}  "
+                      f"anomalies {anomalies:>6} (last second {flagged / max(new, 1):6.2%})  latency p50 {p50:6.1f} ms  "
                       f"p99 {p99:6.1f} ms  model {model}", flush=True)
                 window.clear()
-                last, last_n = mono, n
+                last, last_n, last_anomalies = mono, n, anomalies
         counts["scored"] = n
         counts["anomalies"] = anomalies
     finally:

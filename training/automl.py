@@ -361,7 +361,7 @@ def train(
         sampler=optuna.samplers.TPESampler(seed=seed),
     )
     before = len(opt_study.get_trials(deepcopy=False))
-    if not any(
+    if SAFE_DEFAULT["algorithm"] in algos and not any(
         Candidate.from_attrs(t.user_attrs["candidate"]).is_safe_default
         for t in opt_study.get_trials(deepcopy=False)
         if "candidate" in t.user_attrs

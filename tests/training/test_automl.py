@@ -200,3 +200,9 @@ def test_cardio_with_labels(tmp_path: Path) -> None:
     result = train(load_dataset(path), budget_s=20, trials=10, registry_root=tmp_path)
     roc_auc = result.artifact.card.metrics["roc_auc"]
     assert roc_auc is not None and roc_auc >= 0.85
+
+
+def test_a_search_without_iforest_trains_what_was_asked(unlabelled: Dataset, tmp_path: Path) -> None:
+    res = train(unlabelled, algorithms=["ecod"], trials=1, registry_root=tmp_path, seed=0)
+    assert res.artifact.card.detector["algorithm"] == "ecod"
+    assert set(res.leaderboard["algorithm"]) == {"ecod"}
