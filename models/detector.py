@@ -10,6 +10,8 @@ fitted separately and lives in the model card.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
@@ -20,7 +22,36 @@ from models.errors import FeatureCountError, NotFittedError
 if TYPE_CHECKING:
     from models.onnx_graph import GraphBuilder
 
-__all__ = ["Detector"]
+__all__ = ["Choice", "Detector", "FloatRange", "IntRange", "ParamSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class IntRange:
+    """An integer hyperparameter searched in ``[low, high]``."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FloatRange:
+    """A float hyperparameter searched in ``[low, high]``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A hyperparameter taking one of ``options`` (JSON scalars)."""
+
+    options: tuple[Any, ...]
+
+
+ParamSpec = IntRange | FloatRange | Choice
 
 
 class Detector(ABC):
@@ -35,18 +66,44 @@ class Detector(ABC):
     """
 
     algorithm: ClassVar[str]
+    #: The hyperparameters AutoML searches, and their ranges (defaults: the constructor's).
+    search_space: ClassVar[Mapping[str, ParamSpec]] = {}
+    #: False for detectors whose scores do not change under per-feature monotone
+    #: rescaling (trees, ECDF-based): the search then skips the scaler choice.
+    scale_sensitive: ClassVar[bool] = True
+    #: Max abs difference allowed between ONNX and native scores.
+    parity_tolerance: ClassVar[float] = 1e-4
     n_features_in_: int
 
     def fit(self, X: NDArray[np.float32]) -> Self:
         """Fit on rows ``X`` [N, D] (already preprocessed, finite); returns self."""
+        for _ in self.fit_steps(X):
+            pass
+        return self
+
+    def fit_steps(self, X: NDArray[np.float32]) -> Iterator[float]:
+        """Fit like :meth:`fit`, yielding the fraction of training done after each step.
+
+        Iterative detectors (autoencoders) yield after each epoch or group of
+        epochs so a search can score the partly trained model and prune it;
+        the others yield 1.0 once.  The detector is usable after each yield.
+        """
+        X = self._validate_fit(X)
+        for fraction in self._fit_steps(X):
+            self.n_features_in_ = X.shape[1]
+            yield fraction
+
+    def _fit_steps(self, X: NDArray[np.float32]) -> Iterator[float]:
+        self._fit(X)
+        yield 1.0
+
+    def _validate_fit(self, X: NDArray[np.float32]) -> NDArray[np.float32]:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
             raise ValueError(f"{self.algorithm} needs a 2-d array with >= 2 rows, got shape {X.shape}")
         if not np.isfinite(X).all():
             raise ValueError(f"{self.algorithm} got non-finite values; impute first")
-        self._fit(X)
-        self.n_features_in_ = X.shape[1]
-        return self
+        return X
 
     def score_samples(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         """Raw anomaly score per row, higher = more anomalous; each row scored alone."""

@@ -129,6 +129,47 @@ class GraphBuilder:
         )
         return outputs[0] if n_outputs == 1 else outputs
 
+    def include(self, model: onnx.ModelProto, inputs: dict[str, str], *, prefix: str) -> dict[str, str]:
+        """Copy another model's graph in (a torch or skl2onnx export, say).
+
+        ``inputs`` maps each graph input of ``model`` to a tensor of this
+        builder; every other tensor is renamed under ``prefix``.  Returns the
+        model's output names mapped to their tensors here.  The included model
+        must use opsets this builder exports (ai.onnx <= 17, ai.onnx.ml <= 3).
+        """
+        for opset in model.opset_import:
+            limit = OPSET if opset.domain in ("", "ai.onnx") else ML_OPSET if opset.domain == ML_DOMAIN else None
+            if limit is None or opset.version > limit:
+                raise ValueError(f"cannot include a model using opset {opset.domain or 'ai.onnx'} {opset.version}")
+        graph = model.graph
+        missing = [i.name for i in graph.input if i.name not in inputs and i.name not in {t.name for t in graph.initializer}]
+        if missing:
+            raise ValueError(f"inputs {missing} of the included model are not mapped")
+        rename: dict[str, str] = dict(inputs)
+
+        def fresh(name: str) -> str:
+            if name == "":
+                return ""
+            if name not in rename:
+                rename[name] = self._fresh(f"{prefix}_{name}".replace("/", "_").replace(":", "_").replace(".", "_"))
+            return rename[name]
+
+        for init in graph.initializer:
+            t = TensorProto()
+            t.CopyFrom(init)
+            t.name = fresh(init.name)
+            self._initializers.append(t)
+        for node in graph.node:
+            n = onnx.NodeProto()
+            n.CopyFrom(node)
+            n.ClearField("input")
+            n.ClearField("output")
+            n.input.extend(fresh(i) for i in node.input)
+            n.output.extend(fresh(o) for o in node.output)
+            n.name = self._fresh(f"{prefix}_{node.name or node.op_type}_node")
+            self._nodes.append(n)
+        return {o.name: rename[o.name] for o in graph.output}
+
     def row_shares(self, x: str) -> str:
         """Nodes dividing each row of the non-negative ``[N, D]`` tensor ``x`` by its sum."""
         axes = self.initializer("axes1", np.array([1], dtype=np.int64))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from stream.alerts import AlertFilter
 from stream.batching import MicroBatcher, split_batches
-from stream.core import Scorer, ScoredBatch
+from stream.core import ScoredBatch, Scorer
 from stream.decoding import REJECT_CODES, DecodedBatch, EventDecoder, Rejection
 from stream.errors import BrokerError, ConfigError, ScoringError, StreamError
 from stream.settings import Settings

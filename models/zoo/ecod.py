@@ -58,6 +58,7 @@ class ECOD(Detector):
 
     algorithm: ClassVar[str] = "ecod"
     parity_tolerance: ClassVar[float] = 1e-4
+    scale_sensitive: ClassVar[bool] = False
 
     def __init__(self) -> None:
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -9,7 +10,7 @@ from numpy.typing import NDArray
 from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 
-from models.detector import Detector
+from models.detector import Choice, Detector, FloatRange, IntRange, ParamSpec
 from models.onnx_graph import ML_DOMAIN, GraphBuilder, row_shares
 
 __all__ = ["IForest"]
@@ -72,6 +73,12 @@ class IForest(Detector):
 
     algorithm: ClassVar[str] = "iforest"
     parity_tolerance: ClassVar[float] = 1e-6
+    scale_sensitive: ClassVar[bool] = False
+    search_space: ClassVar[Mapping[str, ParamSpec]] = {
+        "n_estimators": IntRange(50, 300, step=25),
+        "max_samples": Choice(("auto", 64, 128, 256, 512, 1024)),
+        "max_features": FloatRange(0.5, 1.0),
+    }
 
     def __init__(
         self,

@@ -208,9 +208,9 @@ def main() -> None:
                       "control_topic": f"{prefix}.control", "group_id": prefix},
             "websocket": {"enabled": False}, "metrics": {"enabled": False},
         }))
-        svc_log = open(tmp / "serve.log", "wb")
-        svc = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--config", str(cfg), "--log-level", "INFO"],
-                               stdout=svc_log, stderr=subprocess.STDOUT)
+        with open(tmp / "serve.log", "wb") as svc_log:
+            svc = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--config", str(cfg),
+                                    "--log-level", "INFO"], stdout=svc_log, stderr=subprocess.STDOUT)
         print(f"service log: {tmp / 'serve.log'}", flush=True)
         try:
             # Warm up: the service joins its group and scores a first batch.
