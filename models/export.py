@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
 from models.errors import ExportError
-from models.pipeline import INPUT_NAME, Pipeline
+from models.pipeline import INPUT_NAME
 
-__all__ = ["CONTRIBUTION_TOLERANCE", "check_parity", "onnx_scores"]
+__all__ = ["CONTRIBUTION_TOLERANCE", "ScoringModel", "check_parity", "onnx_scores"]
+
+
+class ScoringModel(Protocol):
+    """What export checks need: a pipeline or an ensemble of pipelines."""
+
+    @property
+    def parity_tolerance(self) -> float: ...
+
+    def score_samples(self, X_raw: NDArray[np.floating]) -> NDArray[np.float64]: ...
+
+    def contributions(self, X_raw: NDArray[np.floating]) -> NDArray[np.float64]: ...
 
 CONTRIBUTION_TOLERANCE = 1e-3
 
@@ -35,7 +48,7 @@ def onnx_scores(
 
 
 def check_parity(
-    pipeline: Pipeline,
+    pipeline: ScoringModel,
     onnx_bytes: bytes,
     X_holdout: NDArray[np.floating],
     *,
@@ -46,7 +59,7 @@ def check_parity(
     Parameters
     ----------
     tolerance : float, optional
-        Defaults to the detector's ``parity_tolerance``.
+        Defaults to the model's ``parity_tolerance``.
 
     Raises
     ------
@@ -54,11 +67,10 @@ def check_parity(
         If the scores differ by more than ``tolerance``, or the contributions
         by more than :data:`CONTRIBUTION_TOLERANCE`.
     """
-    name = type(pipeline.detector).__name__
+    detector = getattr(pipeline, "detector", pipeline)
+    name = type(detector).__name__
     if tolerance is None:
-        tolerance = getattr(pipeline.detector, "parity_tolerance", None)
-        if tolerance is None:
-            raise ExportError(f"detector {name} states no parity_tolerance")
+        tolerance = pipeline.parity_tolerance
     score, contributions = onnx_scores(onnx_bytes, X_holdout)
     diff = float(np.max(np.abs(score - pipeline.score_samples(X_holdout)), initial=0.0))
     if not diff <= tolerance:  # also catches NaN

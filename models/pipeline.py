@@ -86,6 +86,11 @@ class Pipeline:
         onnx.checker.check_model(model, full_check=True)
         return bytes(model.SerializeToString())
 
+    @property
+    def parity_tolerance(self) -> float:
+        """Max abs difference allowed between ONNX and native scores."""
+        return float(self.detector.parity_tolerance)
+
     def describe(self) -> dict[str, Any]:
         """Algorithm, hyperparameters and preprocessing, for the model card."""
         return {
