@@ -73,7 +73,8 @@ class Ensemble:
         """[N, members] standardised member scores."""
         self._check()
         raw = np.stack([m.score_samples(X_raw) for m in self.members], axis=1)
-        return (raw - self.means_) / self.sds_
+        z: NDArray[np.float64] = (raw - self.means_) / self.sds_
+        return z
 
     def score_samples(self, X_raw: NDArray[np.floating]) -> NDArray[np.float64]:
         """Mean member z-score per row, higher = more anomalous."""
