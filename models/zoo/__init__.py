@@ -4,10 +4,10 @@ Examples
 --------
 >>> make_detector("iforest", n_estimators=10)
 IForest(n_estimators=10, max_samples='auto', max_features=1.0, random_state=0)
->>> make_detector("lof")
+>>> make_detector("nope")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown algorithm 'lof'; known: ecod, iforest
+ValueError: unknown algorithm 'nope'; known: ...
 """
 
 from __future__ import annotations
@@ -16,12 +16,48 @@ import inspect
 from typing import Any
 
 from models.detector import Detector
+from models.zoo.autoencoder import AutoEncoder
+from models.zoo.cblof import CBLOF
+from models.zoo.copod import COPOD
 from models.zoo.ecod import ECOD
+from models.zoo.hbos import HBOS
 from models.zoo.iforest import IForest
+from models.zoo.knn import KNN
+from models.zoo.loda import LODA
+from models.zoo.lof import LOF
+from models.zoo.mcd import MCD
+from models.zoo.ocsvm import OCSVM
+from models.zoo.pca import PCA
+from models.zoo.vae import VAE
 
-__all__ = ["ALGORITHMS", "ECOD", "IForest", "make_detector"]
+__all__ = [
+    "ALGORITHMS",
+    "CBLOF",
+    "ECOD",
+    "KNN",
+    "LOF",
+    "OCSVM",
+    "VAE",
+    "AutoEncoder",
+    "IForest",
+    "make_detector",
+]
 
-ALGORITHMS: dict[str, type[Detector]] = {"iforest": IForest, "ecod": ECOD}
+ALGORITHMS: dict[str, type[Detector]] = {
+    "knn": KNN,
+    "lof": LOF,
+    "ocsvm": OCSVM,
+    "cblof": CBLOF,
+    "autoencoder": AutoEncoder,
+    "vae": VAE,
+    "iforest": IForest,
+    "ecod": ECOD,
+    "copod": COPOD,
+    "hbos": HBOS,
+    "pca": PCA,
+    "mcd": MCD,
+    "loda": LODA,
+}
 
 
 def make_detector(algorithm: str, **params: Any) -> Detector:

@@ -1,0 +1,206 @@
+"""HBOS: histogram-based outlier score, fitted and exported without PyOD."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.detector import Detector, FloatRange, IntRange, ParamSpec
+from models.onnx_graph import GraphBuilder, row_shares
+
+__all__ = ["HBOS"]
+
+
+def _float32_at_least(value: NDArray[np.float64]) -> NDArray[np.float32]:
+    """The smallest float32 ``>=`` each value: ``x >= v`` iff ``x >= result`` for float32 ``x``."""
+    f = value.astype(np.float32)
+    down = f.astype(np.float64) < value
+    f[down] = np.nextafter(f[down], np.float32(np.inf))
+    return f
+
+
+def _float32_at_most(value: NDArray[np.float64]) -> NDArray[np.float32]:
+    """The largest float32 ``<=`` each value: ``x <= v`` iff ``x <= result`` for float32 ``x``."""
+    f = value.astype(np.float32)
+    up = f.astype(np.float64) > value
+    f[up] = np.nextafter(f[up], np.float32(-np.inf))
+    return f
+
+
+class HBOS(Detector):
+    """HBOS (Goldstein & Dengel, 2012) with static equal-width histograms, as PyOD's.
+
+    Each training column gets ``n_bins`` equal-width bins between its minimum
+    and maximum (``np.histogram(..., density=True)``).  A value in bin ``b``
+    (bins closed on the right, ``np.digitize(..., right=True)``) scores
+    ``T_j = -log2(density_b + alpha)``.  A value below the first edge scores
+    as the first bin if it lies within ``tol`` bin widths of it, else as the
+    emptiest bin; likewise above the last edge.  The score is ``sum_j T_j``,
+    equal to PyOD's ``HBOS(n_bins, alpha, tol).decision_function`` (only the
+    integer ``n_bins`` form; PyOD's ``"auto"`` bin count is not offered).
+
+    Not invariant to rescaling: the bins are equal-width, so a nonlinear
+    monotone transform regroups the values, and even a linear one changes the
+    densities against the fixed ``alpha``; hence ``scale_sensitive``.
+
+    Contributions: each feature's excess over its own best case,
+    ``T_j - min_b T_j(b)``, i.e. how many bits less dense the row's bin is
+    than the feature's densest bin, divided by the row's total.  A row lying
+    in every feature's densest bin has no excess anywhere and gets equal
+    shares ``1 / D``.
+
+    The ONNX export finds the bin arithmetically (``ceil((x - e_0) / w)``,
+    clipped), corrects it by one step against the stored edges so that it
+    equals ``np.digitize`` exactly, then gathers the score from a table.
+
+    Parameters
+    ----------
+    n_bins : int
+        Number of equal-width bins per feature (>= 2).
+    alpha : float
+        Added to each density before the log, in (0, 1).
+    tol : float
+        How many bin widths outside the training range still count as the
+        edge bin, in (0, 1).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 2)).astype(np.float32)
+    >>> det = HBOS().fit(X)
+    >>> s = det.score_samples(np.array([[0, 0], [0, 9]], dtype=np.float32))
+    >>> bool(s[1] > s[0]), det.contributions(np.array([[0, 9]], dtype=np.float32)).argmax()
+    (True, np.int64(1))
+    """
+
+    algorithm: ClassVar[str] = "hbos"
+    parity_tolerance: ClassVar[float] = 1e-4
+    scale_sensitive: ClassVar[bool] = True
+    search_space: ClassVar[Mapping[str, ParamSpec]] = {
+        "n_bins": IntRange(5, 50),
+        "alpha": FloatRange(0.01, 0.5, log=True),
+        "tol": FloatRange(0.1, 0.9),
+    }
+
+    def __init__(self, *, n_bins: int = 10, alpha: float = 0.1, tol: float = 0.5) -> None:
+        self.n_bins = n_bins
+        self.alpha = alpha
+        self.tol = tol
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n_bins": self.n_bins, "alpha": self.alpha, "tol": self.tol}
+
+    def _fit(self, X: NDArray[np.float32]) -> None:
+        if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int | np.integer):
+            raise TypeError(f"hbos n_bins must be an int >= 2, got {self.n_bins!r}")
+        if self.n_bins < 2:
+            raise ValueError(f"hbos n_bins must be >= 2, got {self.n_bins}")
+        for name, value in (("alpha", self.alpha), ("tol", self.tol)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"hbos {name} must be in (0, 1), got {value!r}")
+        n_bins, d = self.n_bins, X.shape[1]
+        edges = np.empty((n_bins + 1, d), dtype=np.float64)
+        density = np.empty((n_bins, d), dtype=np.float64)
+        for j in range(d):
+            # On the float32 column, as PyOD does: the edges are then float32 values.
+            density[:, j], edges[:, j] = np.histogram(X[:, j], bins=n_bins, density=True)
+        self.edges_ = edges
+        self.bin_scores_ = -np.log2(density + self.alpha)  # [n_bins, D]
+        self.far_score_ = self.bin_scores_.max(axis=0)
+        self.best_score_ = self.bin_scores_.min(axis=0)
+        tol_width = self.tol * (edges[1] - edges[0]), self.tol * (edges[-1] - edges[-2])
+        self.low_limit_ = edges[0] - tol_width[0]
+        self.high_limit_ = edges[-1] + tol_width[1]
+
+    def _terms(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
+        x = X.astype(np.float64)
+        n_bins = self.n_bins
+        terms = np.empty(X.shape, dtype=np.float64)
+        for j in range(X.shape[1]):
+            e = self.edges_[:, j]
+            b = np.digitize(x[:, j], e, right=True)
+            col = self.bin_scores_[np.clip(b - 1, 0, n_bins - 1), j]
+            # PyOD's test: distance to the edge <= tol * edge bin width.
+            far_low = (b == 0) & (e[0] - x[:, j] > self.tol * (e[1] - e[0]))
+            far_high = (b == n_bins + 1) & (x[:, j] - e[-1] > self.tol * (e[-1] - e[-2]))
+            terms[:, j] = np.where(far_low | far_high, self.far_score_[j], col)
+        return terms
+
+    def _score(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
+        return np.asarray(self._terms(X).sum(axis=1), dtype=np.float64)
+
+    def _contributions(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
+        excess = self._terms(X) - self.best_score_
+        shares = row_shares(excess)
+        shares[excess.sum(axis=1) <= 0] = 1.0 / X.shape[1]
+        return shares
+
+    def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
+        n_bins, d = self.n_bins, self.n_features_in_
+        e = self.edges_
+        # Bin count: how many edges are < x (0 .. n_bins + 1), as np.digitize(right=True).
+        e0 = g.initializer("first_edge", e[0].astype(np.float32))
+        inv_w = g.initializer("inv_width", (n_bins / (e[-1] - e[0])).astype(np.float32))
+        t = g.node("Mul", [g.node("Sub", [x, e0]), inv_w], name_hint="bin_position")
+        t = g.node(
+            "Clip",
+            [
+                t,
+                g.initializer("t_low", np.array(0.0, dtype=np.float32)),
+                g.initializer("t_high", np.array(n_bins + 1.0, dtype=np.float32)),
+            ],
+            name_hint="bin_position_clipped",
+        )
+        c = g.node("Cast", [g.node("Ceil", [t])], to=7, name_hint="bin_guess")  # 7 = INT64
+        # One correction step each way against the stored edges, padded with -inf/+inf:
+        # c is right when ext[c] < x <= ext[c + 1].
+        width = n_bins + 3
+        ext = np.full((d, width), np.inf, dtype=np.float32)
+        ext[:, 0] = -np.inf
+        ext[:, 1 : n_bins + 2] = e.T.astype(np.float32)
+        flat_ext = g.initializer("edges_padded", ext.ravel())
+        offset = g.initializer("edge_offset", np.arange(d, dtype=np.int64) * width)
+        one = g.initializer("one_i64", np.array(1, dtype=np.int64))
+        zero = g.initializer("zero_i64", np.array(0, dtype=np.int64))
+        top = g.initializer("top_bin", np.array(n_bins + 1, dtype=np.int64))
+        low_edge = g.node("Gather", [flat_ext, g.node("Add", [c, offset])], axis=0)
+        too_high = g.node("Cast", [g.node("GreaterOrEqual", [low_edge, x])], to=7)
+        c = g.node("Max", [g.node("Sub", [c, too_high]), zero], name_hint="bin_down")
+        high_edge = g.node("Gather", [flat_ext, g.node("Add", [g.node("Add", [c, offset]), one])], axis=0)
+        too_low = g.node("Cast", [g.node("Less", [high_edge, x])], to=7)
+        c = g.node("Min", [g.node("Add", [c, too_low]), top], name_hint="bin_count")
+        # Table slot: 0 far below, 1 near below, 2 .. n_bins + 1 the bins, n_bins + 2 near
+        # above, n_bins + 3 far above.
+        low = g.initializer("low_limit", _float32_at_least(self.low_limit_))
+        high = g.initializer("high_limit", _float32_at_most(self.high_limit_))
+        far_low = g.node("Cast", [g.node("Less", [x, low])], to=7)
+        far_high = g.node("Cast", [g.node("Greater", [x, high])], to=7)
+        slot = g.node("Sub", [g.node("Add", [g.node("Add", [c, one]), far_high]), far_low])
+        slots = n_bins + 4
+        table = np.empty((d, slots), dtype=np.float64)
+        table[:, 0] = table[:, -1] = self.far_score_
+        table[:, 1] = self.bin_scores_[0]
+        table[:, 2 : n_bins + 2] = self.bin_scores_.T
+        table[:, n_bins + 2] = self.bin_scores_[-1]
+        slot_offset = g.initializer("slot_offset", np.arange(d, dtype=np.int64) * slots)
+        idx = g.node("Add", [slot, slot_offset], name_hint="slot_index")
+        terms = g.node(
+            "Gather", [g.initializer("bin_scores", table.astype(np.float32).ravel()), idx], axis=0
+        )
+        excess_table = table - self.best_score_[:, None]
+        excess = g.node(
+            "Gather",
+            [g.initializer("bin_excess", excess_table.astype(np.float32).ravel()), idx],
+            axis=0,
+            name_hint="excess",
+        )
+        axes = g.initializer("axes1", np.array([1], dtype=np.int64))
+        score = g.node("ReduceSum", [terms, axes], keepdims=0, name_hint="hbos_score")
+        total = g.node("ReduceSum", [excess, axes], keepdims=1, name_hint="excess_total")
+        positive = g.node("Greater", [total, g.initializer("zero_f", np.array(0.0, dtype=np.float32))])
+        uniform = g.initializer("uniform", np.full((1, d), 1.0 / d, dtype=np.float32))
+        shares = g.node("Where", [positive, g.row_shares(excess), uniform], name_hint="hbos_shares")
+        return score, shares

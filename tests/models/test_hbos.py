@@ -1,0 +1,71 @@
+"""HBOS against PyOD, its contributions, and its ONNX bin arithmetic on the edges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from pyod.models.hbos import HBOS as PyodHBOS
+
+from models.export import check_parity
+from models.pipeline import Pipeline
+from models.preprocessing import Preprocessor
+from models.zoo.hbos import HBOS
+
+
+@pytest.fixture(scope="module")
+def X() -> NDArray[np.float32]:
+    rng = np.random.default_rng(6)
+    X = np.column_stack([rng.gamma(2.0, size=800), rng.normal(size=(800, 3)) * [1.0, 50.0, 1e-3]])
+    return X.astype(np.float32)
+
+
+@pytest.mark.parametrize(("n_bins", "alpha", "tol"), [(10, 0.1, 0.5), (23, 0.02, 0.9)])
+def test_equals_pyod(X: NDArray[np.float32], n_bins: int, alpha: float, tol: float) -> None:
+    train, rows = X[:600], X[600:]
+    rows = np.vstack([rows, rows * 1.5, rows - 0.3]).astype(np.float32)  # in, near and far outside
+    ours = HBOS(n_bins=n_bins, alpha=alpha, tol=tol).fit(train).score_samples(rows)
+    theirs = PyodHBOS(n_bins=n_bins, alpha=alpha, tol=tol).fit(train).decision_function(rows)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_far_feature_ranks_first() -> None:
+    # Comparable scales, as after a scaler: HBOS's alpha makes raw densities of
+    # very different scales incomparable, in the score and so in its shares.
+    X = np.random.default_rng(8).normal(size=(800, 5)).astype(np.float32)
+    det = HBOS().fit(X[:600])
+    rows = X[600:].copy()
+    cols = np.arange(len(rows)) % X.shape[1]
+    far = X.max(axis=0) + 10.0 * X.std(axis=0)
+    rows[np.arange(len(rows)), cols] = far[cols]
+    assert np.mean(det.contributions(rows).argmax(axis=1) == cols) >= 0.9
+
+
+def test_row_in_every_densest_bin_gets_equal_shares(X: NDArray[np.float32]) -> None:
+    det = HBOS().fit(X)
+    densest = det.bin_scores_.argmin(axis=0)
+    d = X.shape[1]
+    row = ((det.edges_[densest, range(d)] + det.edges_[densest + 1, range(d)]) / 2)[None]
+    np.testing.assert_array_equal(det.contributions(row.astype(np.float32)), np.full((1, d), 1 / d))
+
+
+def test_parity_on_edges_and_limits(X: NDArray[np.float32]) -> None:
+    """Values exactly on the bin edges, one ulp either side, on the tol limits and infinite."""
+    det = HBOS().fit(X)
+    edges = det.edges_.astype(np.float32)
+    rows = np.vstack(
+        [
+            edges,
+            np.nextafter(edges, np.float32(np.inf)),
+            np.nextafter(edges, np.float32(-np.inf)),
+            det.low_limit_.astype(np.float32),
+            det.high_limit_.astype(np.float32),
+            np.full(X.shape[1], np.inf, dtype=np.float32),
+            np.full(X.shape[1], -np.inf, dtype=np.float32),
+        ]
+    )
+    finite = np.isfinite(rows).all(axis=1)
+    pyod = PyodHBOS().fit(X).decision_function(rows[finite])
+    np.testing.assert_allclose(det.score_samples(rows[finite]), pyod, rtol=1e-12)
+    pipe = Pipeline(preprocessor=Preprocessor(), detector=HBOS()).fit(X)
+    assert check_parity(pipe, pipe.to_onnx(["a", "b", "c", "d"]), rows) <= 1e-4

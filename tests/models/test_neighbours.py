@@ -1,0 +1,75 @@
+"""The shared nearest-row search, and what the distance-based detectors share through it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from numpy.typing import NDArray
+
+from models.detector import Detector
+from models.export import check_parity
+from models.pipeline import Pipeline
+from models.preprocessing import Preprocessor
+from models.zoo import CBLOF, KNN, LOF, OCSVM
+from models.zoo.neighbours import ReferenceSet, subsample
+
+DISTANCE_DETECTORS = [KNN, LOF, OCSVM, CBLOF]
+
+
+@pytest.fixture(scope="module")
+def X() -> NDArray[np.float32]:
+    rng = np.random.default_rng(8)
+    cov = 0.4 * np.ones((6, 6)) + 0.6 * np.eye(6)
+    return rng.multivariate_normal(np.zeros(6), cov, size=1500).astype(np.float32)
+
+
+def test_nearest_equals_brute_force(X: NDArray[np.float32]) -> None:
+    ref = ReferenceSet(X[:1000])
+    sq_diff, index = ref.nearest(X[1000:], 7)
+    full = ((X[1000:, None, :].astype(np.float64) - X[None, :1000]) ** 2).sum(axis=2)
+    expected = np.argsort(full, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(index, expected)
+    np.testing.assert_allclose(
+        sq_diff.sum(axis=2), np.take_along_axis(full, expected, axis=1), rtol=1e-12
+    )
+
+
+def test_nearest_excludes_self_but_not_duplicates() -> None:
+    rows = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0], [7.0, 0.0]], dtype=np.float32)
+    sq_diff, index = ReferenceSet(rows).nearest(rows, 1, exclude_self=True)
+    assert index[:, 0].tolist() == [1, 0, 3, 2]
+    assert sq_diff.sum(axis=2)[:, 0].tolist() == [0.0, 0.0, 4.0, 4.0]
+
+
+def test_subsample_is_seeded_and_capped(X: NDArray[np.float32]) -> None:
+    a, b = subsample(X, 300), subsample(X, 300)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (300, 6)
+    assert subsample(X, 5000) is X
+    with pytest.raises(ValueError, match=r"max_train.*got 1"):
+        subsample(X, 1)
+
+
+@pytest.mark.parametrize("cls", DISTANCE_DETECTORS, ids=lambda c: c.algorithm)
+def test_far_feature_ranks_first(cls: type[Detector], X: NDArray[np.float32]) -> None:
+    det = cls().fit(X[:1000])
+    rows = X[1000:1100].copy()
+    far = np.arange(len(rows)) % X.shape[1]
+    rows[np.arange(len(rows)), far] += np.where(np.arange(len(rows)) % 2, 12.0, -12.0)
+    contrib = det.contributions(rows)
+    assert np.mean(contrib.argmax(axis=1) == far) >= 0.9
+    assert (det.score_samples(rows) > np.median(det.score_samples(X[1000:1100]))).all()
+
+
+@pytest.mark.parametrize("cls", DISTANCE_DETECTORS, ids=lambda c: c.algorithm)
+def test_graph_is_small_and_loop_free(cls: type[Detector], X: NDArray[np.float32]) -> None:
+    """Whole-batch tensor ops only: no per-row control flow, a node count independent of N."""
+    pipe = Pipeline(preprocessor=Preprocessor(scaler="standard"), detector=cls()).fit(X[:1000])
+    model = pipe.to_onnx([f"f{i}" for i in range(6)])
+    ops = {n.op_type for n in onnx.load_from_string(model).graph.node}
+    assert not ops & {"Loop", "Scan", "If"}
+    assert len(onnx.load_from_string(model).graph.node) < 60
+    # A batch of 2,000 rows in one call, parity included.
+    rng = np.random.default_rng(1)
+    assert check_parity(pipe, model, rng.normal(size=(2000, 6)).astype(np.float32) * 2) >= 0.0
