@@ -95,7 +95,7 @@ class Ensemble:
 
     @property
     def n_features_in_(self) -> int:
-        return int(self.members[0].detector.n_features_in_)
+        return int(self.members[0].preprocessor.n_features_in_)
 
     def to_onnx(self, feature_names: Sequence[str]) -> bytes:
         """The ensemble as one ONNX graph: every member's preprocessing and detector nodes."""
@@ -106,8 +106,7 @@ class Ensemble:
         g = GraphBuilder()
         zs, cs = [], []
         for i, m in enumerate(self.members):
-            x = m.preprocessor.onnx_graph(g, INPUT_NAME)
-            s, c = m.detector.onnx_graph(g, x)
+            s, c = m.onnx_graph(g, INPUT_NAME)
             mean = g.initializer(f"m{i}_mean", np.array(self.means_[i], dtype=np.float32))
             sd = g.initializer(f"m{i}_sd", np.array(self.sds_[i], dtype=np.float32))
             zs.append(g.node("Div", [g.node("Sub", [s, mean]), sd], name_hint=f"m{i}_z"))

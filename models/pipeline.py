@@ -7,7 +7,7 @@ Examples
 >>> X = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
 >>> pipe = Pipeline(preprocessor=Preprocessor(scaler="robust"), detector=ECOD()).fit(X)
 >>> pipe.describe()
-{'algorithm': 'ecod', 'params': {}, 'preprocessing': {'scaler': 'robust'}}
+{'algorithm': 'ecod', 'params': {}, 'preprocessing': {'scaler': 'robust', 'onehot': False}}
 >>> len(pipe.to_onnx(["a", "b"])) > 0
 True
 """
@@ -58,7 +58,9 @@ class Pipeline:
 
     def contributions(self, X_raw: NDArray[np.floating]) -> NDArray[np.float64]:
         """Each feature's share of the row's score; rows sum to 1 (or 0)."""
-        return self.detector.contributions(self.preprocessor.transform(X_raw))
+        return self.preprocessor.fold(
+            self.detector.contributions(self.preprocessor.transform(X_raw))
+        )
 
     def to_onnx(self, feature_names: Sequence[str]) -> bytes:
         """The whole pipeline as a serialised ONNX model (see CONTRACT.md §3).
@@ -70,14 +72,13 @@ class Pipeline:
         FeatureCountError
             If ``feature_names`` does not have one name per fitted feature.
         """
-        n_features = self.detector.n_features_in_
+        n_features = self.preprocessor.n_features_in_
         if len(feature_names) != n_features:
             raise FeatureCountError(
                 f"pipeline expects {n_features} feature names, got {len(feature_names)}"
             )
         g = GraphBuilder()
-        x = self.preprocessor.onnx_graph(g, INPUT_NAME)
-        score, contributions = self.detector.onnx_graph(g, x)
+        score, contributions = self.onnx_graph(g, INPUT_NAME)
         model = g.build(INPUT_NAME, n_features, {"score": score, "contributions": contributions})
         onnx.helper.set_model_props(
             model,
@@ -85,6 +86,16 @@ class Pipeline:
         )
         onnx.checker.check_model(model, full_check=True)
         return bytes(model.SerializeToString())
+
+    def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
+        """Add preprocessing and detector nodes on the raw-feature tensor ``x``.
+
+        Returns the ``score`` [N] and ``contributions`` [N, D] tensors, the
+        contributions folded back onto the raw features.
+        """
+        z = self.preprocessor.onnx_graph(g, x)
+        score, contributions = self.detector.onnx_graph(g, z)
+        return score, self.preprocessor.onnx_fold(g, contributions)
 
     @property
     def parity_tolerance(self) -> float:
@@ -96,7 +107,7 @@ class Pipeline:
         return {
             "algorithm": self.detector.algorithm,
             "params": self.detector.get_params(),
-            "preprocessing": self.preprocessor.get_params(),
+            "preprocessing": self.preprocessor.describe(),
         }
 
     def __repr__(self) -> str:

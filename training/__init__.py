@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from training.automl import TrainResult, train
 from training.data import ColumnProfile, Dataset, LabelCounts, load_dataset, profile
-from training.errors import DataError, TrainingError
+from training.errors import DataError, SpaceError, TrainingError
+from training.space import SearchSpace
 
 __all__ = [
     "ColumnProfile",
     "DataError",
     "Dataset",
     "LabelCounts",
+    "SearchSpace",
+    "SpaceError",
     "TrainResult",
     "TrainingError",
     "load_dataset",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "TrainingError"]
+__all__ = ["DataError", "SpaceError", "TrainingError"]
 
 
 class TrainingError(Exception):
@@ -11,3 +11,7 @@ class TrainingError(Exception):
 
 class DataError(TrainingError, ValueError):
     """A training file or one of its columns cannot be used (the CLI exits 2)."""
+
+
+class SpaceError(TrainingError, ValueError):
+    """A search-space file or key cannot be used (the CLI exits 2)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -82,7 +83,12 @@ class MCD(Detector):
         if self.support_fraction is not None and not 0.0 < self.support_fraction <= 1.0:
             raise ValueError(f"mcd support_fraction must be in (0, 1], got {self.support_fraction!r}")
         mcd = MinCovDet(support_fraction=self.support_fraction, random_state=self.random_state)
-        mcd.fit(X.astype(np.float64))
+        with warnings.catch_warnings():
+            # Rank-deficient data (constant or collinear columns) is handled: the
+            # precision comes from a pseudo-inverse; the C-step notes are not errors.
+            warnings.filterwarnings("ignore", message=".*not full rank.*")
+            warnings.filterwarnings("ignore", message=".*Determinant has increased.*")
+            mcd.fit(X.astype(np.float64))
         self.location_ = np.asarray(mcd.location_, dtype=np.float64)
         self.precision_ = np.asarray(mcd.get_precision(), dtype=np.float64)
 

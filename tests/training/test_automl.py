@@ -18,6 +18,7 @@ from models.zoo import make_detector
 from training.automl import TrainResult, split_rows, train
 from training.data import Dataset, load_dataset
 from training.errors import TrainingError
+from training.search import LEADERBOARD_COLUMNS
 
 N, D, ANOMALIES = 2000, 6, 40
 ADBENCH = Path("/work/shared/data/adbench")
@@ -124,7 +125,7 @@ def test_registered_artifact_scores_like_the_pipeline(
     # The refit is deterministic: rebuilding it from the card gives the same model.
     split = split_rows(labelled, seed=0)
     pipe = Pipeline(
-        preprocessor=Preprocessor(scaler=card.detector["preprocessing"]["scaler"]),
+        preprocessor=Preprocessor(**card.detector["preprocessing"]),
         detector=make_detector(card.detector["algorithm"], **card.detector["params"]),
     ).fit(labelled.X[split.fit])
     X_val = labelled.X[split.val]
@@ -140,19 +141,22 @@ def test_registered_artifact_scores_like_the_pipeline(
 def test_leaderboard_and_report_are_written(with_labels: TrainResult) -> None:
     path = with_labels.artifact.path
     board = pd.read_csv(path / "leaderboard.csv")
-    assert list(board.columns) == [
-        "rank",
-        "trial",
-        "algorithm",
-        "params",
-        "scaler",
-        "value",
-        "fit_s",
-        "state",
-    ]
+    assert list(board.columns) == list(LEADERBOARD_COLUMNS)
     assert len(board) == 4 and board["rank"].iloc[0] == 1
+    done = board[board["state"] == "COMPLETE"]
+    assert (done["fit_s"] > 0).all() and (done["score_us"] > 0).all()  # quality and cost
     page = (path / "report.html").read_text()
-    assert "<svg" in page and "<table" in page and "<script" not in page
+    assert "<table" in page and "<script" not in page
+    for plot in (
+        "quality and scoring cost",
+        "optimisation history",
+        "per class",
+        "ROC curve",
+        "precision-recall curve",
+        "parameter importances",
+    ):
+        assert plot in page, plot
+    assert page.count("<svg") >= 6
 
 
 def test_contamination_sets_the_threshold(labelled: Dataset, tmp_path: Path) -> None:
@@ -185,14 +189,19 @@ def test_chronological_split_keeps_the_latest_rows_for_validation(unlabelled: Da
 
 
 def test_bad_arguments_raise(unlabelled: Dataset, tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="'lof'"):
-        train(unlabelled, algorithms=["lof"], registry_root=tmp_path)
+    with pytest.raises(TrainingError, match="'nope'"):
+        train(unlabelled, algorithms=["nope"], registry_root=tmp_path)
+    with pytest.raises(TrainingError, match="jobs"):
+        train(unlabelled, jobs=0, registry_root=tmp_path)
     with pytest.raises(TrainingError, match="contamination"):
         train(unlabelled, contamination=0.9, registry_root=tmp_path)
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
+@pytest.mark.filterwarnings(
+    "ignore:The covariance matrix associated to your dataset is not full rank"
+)
 def test_cardio_with_labels(tmp_path: Path) -> None:
     path = ADBENCH / "6_cardio.npz"
     if not path.is_file():
@@ -202,7 +211,9 @@ def test_cardio_with_labels(tmp_path: Path) -> None:
     assert roc_auc is not None and roc_auc >= 0.85
 
 
-def test_a_search_without_iforest_trains_what_was_asked(unlabelled: Dataset, tmp_path: Path) -> None:
+def test_a_search_without_iforest_trains_what_was_asked(
+    unlabelled: Dataset, tmp_path: Path
+) -> None:
     res = train(unlabelled, algorithms=["ecod"], trials=1, registry_root=tmp_path, seed=0)
     assert res.artifact.card.detector["algorithm"] == "ecod"
     assert set(res.leaderboard["algorithm"]) == {"ecod"}
