@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/perf/bench_core.py
 	$(BIN)/python tests/perf/bench_e2e.py
+	$(BIN)/python tests/perf/bench_ws.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream models training tests

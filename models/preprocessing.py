@@ -254,11 +254,9 @@ class Preprocessor:
             value = g.node("Gather", [flat_k, idx], axis=0, name_hint="q_probe_value")
             inside = g.node("LessOrEqual", [value, x], name_hint="q_inside")
             step_c = g.initializer("q_step", np.array(step, dtype=np.int64))
-            zero = g.initializer("q_zero", np.array(0, dtype=np.int64))
             longer = step_c if pos is None else g.node("Add", [pos, step_c], name_hint="q_longer")
-            pos = g.node(
-                "Where", [inside, longer, zero if pos is None else pos], name_hint="q_prefix"
-            )
+            otherwise = g.initializer("q_zero", np.array(0, dtype=np.int64)) if pos is None else pos
+            pos = g.node("Where", [inside, longer, otherwise], name_hint="q_prefix")
             step //= 2
         assert pos is not None  # width >= 1, so the loop ran
         # Segment i in [1, size - 1]: between knots i - 1 and i.

@@ -18,7 +18,15 @@ import click
 __all__ = ["cli", "main"]
 
 log = logging.getLogger("anomstream")
-ALGORITHM_NAMES = ("iforest", "ecod")
+#: The contract's (§4) algorithm names, for help text; the zoo itself is read lazily.
+CONTRACT_ALGORITHMS = ("iforest", "ecod", "copod", "hbos", "knn", "lof", "ocsvm", "pca", "mcd", "loda", "cblof",
+                       "autoencoder", "vae")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ALGORITHM_NAMES":  # the zoo's names, read lazily (the zoo imports scikit-learn)
+        return _algorithm_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class UsageFailure(Exception):
@@ -35,7 +43,7 @@ def _setup_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("aiokafka", "kafka"):
+    for noisy in ("aiokafka", "kafka", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -53,8 +61,18 @@ def cli() -> None:
 @click.option("--time-column", default=None, help="Rows are sorted by it; the validation split is the latest 30%.")
 @click.option("--budget", "budget_s", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Search time in seconds.")
 @click.option("--trials", type=click.IntRange(min=1), default=None, help="Stop after this many trials.")
-@click.option("--algorithms", default=None, help=f"Comma-separated subset of: {', '.join(ALGORITHM_NAMES)}.")
+@click.option("--algorithms", default=None,
+              help=f"Comma-separated subset of the zoo: {', '.join(CONTRACT_ALGORITHMS)} (and any added since).")
+@click.option("--space", "space_file", type=click.Path(path_type=Path), default=None,
+              help="Search-space YAML (see configs/search.yaml): algorithms, ranges, fixed values, preprocessing.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trials run in parallel (threads); only --jobs 1 is reproducible.")
+@click.option("--max-score-us", "max_score_us", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Reject candidates whose ONNX scoring costs more µs per row (batch 256, 1 thread).")
 @click.option("--metric", type=click.Choice(["roc_auc", "aucpr"]), default="roc_auc", show_default=True)
+@click.option("--label-free", "label_free", type=click.Choice(["ensemble", "routed", "iforest", "centrality"]),
+              default=None, help="Without labels: a fixed measured strategy, or `centrality` (a search); "
+              "default: see the README's benchmark.")
 @click.option("--contamination", type=click.FloatRange(min=0, max=0.5, min_open=True), default=None,
               help="Expected anomaly fraction; sets the threshold (default 0.01, or chosen on labels).")
 @click.option("--storage", default=None, help="Optuna storage URL (default: SQLite beside the registry).")
@@ -63,16 +81,19 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--promote/--no-promote", default=True, show_default=True, help="Make the new version current.")
 def train(data: Path, name: str, label_column: str | None, time_column: str | None, budget_s: float,
-          trials: int | None, algorithms: str | None, metric: str, contamination: float | None,
+          trials: int | None, algorithms: str | None, space_file: Path | None, jobs: int,
+          max_score_us: float | None, metric: str, label_free: str | None, contamination: float | None,
           storage: str | None, study: str | None, registry: Path, seed: int, promote: bool) -> None:
     """AutoML on DATA (.csv, .parquet, .jsonl, .npz), export to ONNX, register a version."""
     algos = _parse_algorithms(algorithms)
     from training.automl import train as run_training
     from training.data import load_dataset, profile
     from training.errors import TrainingError
+    from training.space import SearchSpace
 
     _quiet_optuna()
     try:
+        space = SearchSpace.from_yaml(space_file) if space_file is not None else None
         ds = load_dataset(data, label_column=label_column, time_column=time_column)
     except TrainingError as exc:
         _fail(str(exc))
@@ -81,24 +102,36 @@ def train(data: Path, name: str, label_column: str | None, time_column: str | No
     progress, finish = _progress_bar(budget_s, trials)
     try:
         result = run_training(
-            ds, name=name, algorithms=algos, budget_s=budget_s, trials=trials,
-            metric="aucpr" if metric == "aucpr" else "roc_auc",
+            ds, name=name, algorithms=algos, space=space, budget_s=budget_s, trials=trials, jobs=jobs,
+            max_score_us=max_score_us, metric="aucpr" if metric == "aucpr" else "roc_auc",
             contamination=contamination, storage=storage, study=study, seed=seed,
             registry_root=registry, promote=promote, progress=progress,
+            **({"label_free": label_free} if label_free else {}),  # type: ignore[arg-type]
         )
     except TrainingError as exc:
         _fail(str(exc))
     finally:
         finish()
-    board = result.leaderboard
-    cols = [c for c in ("rank", "trial", "algorithm", "scaler", "value", "params", "fit_s") if c in board.columns]
-    click.echo(board[cols].head(10).to_string(index=False))
+    _print_leaderboard(result.leaderboard)
     card = result.artifact.card
     m = card.metrics
     shown = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)) or "no labels: metrics null"
+    cost = card.training.get("score_us")
     click.echo(f"model {card.ref} ({card.detector.get('algorithm')}): {shown}; threshold {card.threshold:.4f}; "
-               f"parity {card.parity:.2e}")
+               f"parity {card.parity:.2e}" + (f"; {cost:.2f} µs/row" if isinstance(cost, float) else ""))
     click.echo(f"artifact: {result.artifact.path}")
+
+
+def _print_leaderboard(board: Any, rows: int = 10) -> None:
+    """The top of the leaderboard as a plain table (it goes to logs and pipes too)."""
+    cols = [c for c in ("rank", "trial", "algorithm", "scaler", "onehot", "value", "fit_s", "score_us", "params", "note")
+            if c in board.columns]
+    top = board[cols].head(rows).copy()
+    if "params" in top.columns:
+        top["params"] = top["params"].map(lambda p: p if len(p) <= 60 else p[:57] + "...")
+    click.echo(top.to_string(index=False, na_rep=""))
+    if len(board) > rows:
+        click.echo(f"... {len(board) - rows} more trials in leaderboard.csv")
 
 
 def _check_writable(registry: Path) -> None:
@@ -118,40 +151,84 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _algorithm_names() -> tuple[str, ...]:
+    """The zoo's algorithm names (imported lazily: the zoo pulls in scikit-learn)."""
+    from models.zoo import ALGORITHMS
+
+    return tuple(ALGORITHMS)
+
+
 def _parse_algorithms(text: str | None) -> list[str] | None:
     if text is None:
         return None
+    known = _algorithm_names()
     names = [a.strip().lower() for a in text.split(",") if a.strip()]
-    unknown = [a for a in names if a not in ALGORITHM_NAMES]
+    unknown = [a for a in names if a not in known]
     if unknown or not names:
-        _fail(f"unknown algorithm {', '.join(unknown) or repr(text)}; choose from {', '.join(ALGORITHM_NAMES)}")
+        _fail(f"unknown algorithm {', '.join(unknown) or repr(text)}; choose from {', '.join(known)}")
     return names
 
 
 def _print_profile(ds: Any, columns: Any) -> None:
+    """Rows, labels and a compact per-column table (type, missing, distinct values, flags)."""
+    from rich.console import Console
+    from rich.table import Table
+
     labels = ""
     if ds.y is not None:
         import numpy as np
 
         known = ~np.isnan(ds.y)
-        labels = f", labels: {int((ds.y[known] == 1).sum())} anomalies / {int((ds.y[known] == 0).sum())} normal / {int((~known).sum())} unknown"
+        labels = (f", labels: {int((ds.y[known] == 1).sum())} anomalies / {int((ds.y[known] == 0).sum())} normal"
+                  f" / {int((~known).sum())} unknown")
     click.echo(f"data: {ds.path} — {ds.X.shape[0]} rows × {ds.X.shape[1]} features{labels}")
-    flagged = [c for c in columns if getattr(c, "constant", False) or getattr(c, "missing", 0) > 0]
-    for c in flagged[:10]:
-        click.echo(f"  {c.name}: missing {c.missing:.1%}{', constant' if c.constant else ''}")
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for col in ("feature", "type", "missing", "distinct", "note"):
+        table.add_column(col, justify="right" if col in ("missing", "distinct") else "left")
+    shown = 20
+    for c in columns[:shown]:
+        notes = []
+        if c.constant:
+            notes.append("constant")
+        if c.kind == "int" and 3 <= c.distinct <= 10:
+            notes.append("low cardinality: one-hot candidate")
+        table.add_row(c.name, c.kind, f"{c.missing_fraction:.1%}", str(c.distinct), ", ".join(notes))
+    console = Console(soft_wrap=True, highlight=False, width=max(100, Console().width))
+    console.print(table)
+    rest = columns[shown:]
+    if rest:
+        constant = sum(c.constant for c in rest)
+        missing = sum(c.missing_fraction > 0 for c in rest)
+        click.echo(f"  ... {len(rest)} more columns ({constant} constant, {missing} with missing values)")
 
 
 def _progress_bar(budget_s: float, trials: int | None) -> tuple[Any, Any]:
+    """A rich bar on a terminal: trials done, best so far, time left of the budget."""
     if not sys.stdout.isatty():
         return None, lambda: None
-    from rich.progress import Progress
+    import math
+    import time
 
-    bar = Progress(transient=True)
-    task = bar.add_task("search", total=trials)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    started = time.monotonic()
+    bar = Progress(
+        TextColumn("[bold]search"), BarColumn(), TextColumn("{task.fields[trials]}"),
+        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("{task.fields[left]} left"),
+        transient=True,
+    )
+    task = bar.add_task("search", total=budget_s, trials="0 trials", best="-", left=f"{budget_s:.0f}s")
     bar.start()
+    done = [0]
 
-    def update(trial: int, best: float | None) -> None:
-        bar.update(task, completed=trial + 1, description=f"search (best {best:.4f})" if best is not None else "search")
+    def update(trial: int, best: float) -> None:
+        done[0] += 1
+        elapsed = time.monotonic() - started
+        fraction = max(elapsed / budget_s, done[0] / trials if trials else 0.0)
+        shown_best = f"{best:.4f}" if math.isfinite(best) else "-"  # NaN: nothing ranked yet
+        bar.update(task, completed=min(fraction, 1.0) * budget_s, best=shown_best,
+                   trials=f"{done[0]}{f'/{trials}' if trials else ''} trials",
+                   left=f"{max(budget_s - elapsed, 0.0):.0f}s")
 
     return update, bar.stop
 

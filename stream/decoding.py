@@ -40,6 +40,8 @@ RejectCode = Literal[
 REJECT_CODES: Final[tuple[RejectCode, ...]] = (
     "invalid_json", "missing_features", "wrong_length", "non_numeric", "non_finite", "too_large",
 )
+Parsed = dict[str, Any] | list[Any] | int | float | bool | None
+"""A JSON value that was parsed already (an element of a JSON array frame)."""
 _NUMERIC: Final = frozenset({int, float, type(None)})
 _F32_MAX: Final = float(np.finfo(np.float32).max)
 DEFAULT_MAX_EVENT_BYTES: Final = 1 << 20
@@ -87,8 +89,13 @@ class EventDecoder:
         getter = itemgetter(*self.features)
         self._pick = getter if self.n_features > 1 else (lambda d: (getter(d),))
 
-    def decode(self, values: Sequence[bytes | str]) -> DecodedBatch:
-        """Decode and validate one batch; see the module docstring."""
+    def decode(self, values: Sequence[bytes | str | Parsed]) -> DecodedBatch:
+        """Decode and validate one batch; see the module docstring.
+
+        A value that is not ``bytes``/``str`` is taken as already parsed JSON (an
+        element of a WebSocket array frame) and only validated; a ``str`` element
+        of an array is read as the JSON text of an event.
+        """
         rejected: list[Rejection] = []
         events: list[dict[str, Any]] = []
         rows: list[int] = []
@@ -98,16 +105,19 @@ class EventDecoder:
         numeric = _NUMERIC
         limit = self.max_event_bytes
         for i, raw in enumerate(values):
-            if len(raw) > limit:
-                rejected.append(Rejection(i, "too_large", f"event is {len(raw)} bytes, the limit is {limit}"))
-                continue
-            try:
-                ev = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                ev = _slow_parse(raw, exc)
-                if isinstance(ev, Rejection):
-                    rejected.append(Rejection(i, ev.code, ev.detail))
+            if isinstance(raw, (bytes, str)):
+                if len(raw) > limit:
+                    rejected.append(Rejection(i, "too_large", f"event is {len(raw)} bytes, the limit is {limit}"))
                     continue
+                try:
+                    ev = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    ev = _slow_parse(raw, exc)
+                    if isinstance(ev, Rejection):
+                        rejected.append(Rejection(i, ev.code, ev.detail))
+                        continue
+            else:
+                ev = raw  # already parsed: an element of a JSON array frame
             if type(ev) is not dict:
                 rejected.append(Rejection(i, "invalid_json", f"expected a JSON object, got {_json_type(ev)}"))
                 continue

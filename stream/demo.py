@@ -3,8 +3,9 @@
 Starts the embedded broker, trains a first model on generated data when the
 registry has none, runs ``anomstream serve`` as a child process, offers
 synthetic events (1% anomalies, a mean shift halfway through) at a steady
-rate, and prints a one-line summary every second read back from the scores
-topic: events/s, anomalies, event-to-record latency p50/p99, the model.
+rate, prints the dashboard URL (the service's WebSocket server) and a
+one-line summary every second read back from the scores topic: events/s,
+anomalies, event-to-record latency p50/p99, the model.
 """
 
 from __future__ import annotations
@@ -143,12 +144,13 @@ def run_demo(*, duration_s: float | None, rate: int, registry: Path, name: str =
         bootstrap = broker.start()
         print(f"broker: embedded Tansu on {bootstrap}", flush=True)
     metrics_port = 9108
+    ws_port = 8765
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as cfg:
         cfg.write(
             f"model: {{registry: {str(registry)!r}, name: {name}}}\n"
             f"kafka: {{bootstrap_servers: {bootstrap!r}}}\n"
             f"metrics: {{port: {metrics_port}}}\n"
-            "websocket: {enabled: false}\n"
+            f"websocket: {{enabled: true, host: 127.0.0.1, port: {ws_port}}}\n"
             "alerts: {min_severity: medium, cooldown_s: 10}\n"
         )
     service: subprocess.Popen[bytes] | None = None
@@ -158,6 +160,7 @@ def run_demo(*, duration_s: float | None, rate: int, registry: Path, name: str =
         service = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--config", cfg.name,
                                     "--log-level", "WARNING"])
         print(f"service: pid {service.pid}, metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
+        print(f"dashboard: http://127.0.0.1:{ws_port}/  (live scores, anomalies, drift and model events)", flush=True)
         counts: dict[str, int] = {}
         asyncio.run(_demo_loop(bootstrap, rate, duration_s, counts, metrics_port, service))
         print(f"done: {counts.get('sent', 0)} events offered ({counts.get('injected', 0)} injected anomalies), "

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -36,7 +37,7 @@ from stream.decoding import EventDecoder
 from stream.metrics import Metrics
 from stream.records import dlq_record, dumps, score_records
 
-__all__ = ["KafkaRunner", "LiveModel"]
+__all__ = ["KafkaRunner", "LiveModel", "RecordSink", "tail_control"]
 
 log = logging.getLogger(__name__)
 
@@ -277,3 +278,36 @@ class KafkaRunner:
 
 
 _SEV_NAMES = ("none", "low", "medium", "high", "critical")
+
+
+async def tail_control(bootstrap: str, topic: str, sink: RecordSink, stop: asyncio.Event) -> None:
+    """Forward control-topic events (drift, retraining, promotions) to ``sink("control", ...)``.
+
+    Reads from the end of the topic with no consumer group: these events are
+    for live viewers, not work to share.  A value that is not a JSON object is
+    logged and skipped (the control topic is written by anomstream itself).
+    """
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest",
+        fetch_max_wait_ms=100, client_id="anomstream-control",
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            fetched = await consumer.getmany(timeout_ms=200, max_records=500)
+            events: list[dict[str, Any]] = []
+            for tp in sorted(fetched):
+                for msg in fetched[tp]:
+                    try:
+                        ev = orjson.loads(msg.value or b"")
+                    except orjson.JSONDecodeError:
+                        ev = None
+                    if type(ev) is dict:
+                        events.append(ev)
+                    else:
+                        log.warning("control event at %s[%d]@%d is not a JSON object; skipped",
+                                    msg.topic, msg.partition, msg.offset)
+            if events:
+                sink("control", events)
+    finally:
+        await consumer.stop()

@@ -26,7 +26,9 @@ so several workers can share one study by name and a stopped search resumes.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,27 +36,44 @@ from pathlib import Path
 from typing import Final, Literal
 
 import numpy as np
+import optuna
 import pandas as pd
 from numpy.typing import NDArray
 
 from models.artifact import Artifact, Card, Trigger
 from models.calibration import Calibration, SeverityScale
+from models.ensemble import Ensemble
 from models.export import check_parity
+from models.pipeline import Pipeline
 from models.preprocessing import onehot_candidates
 from models.registry import Registry
+from training.cost import score_cost_us
 from training.data import Dataset
 from training.errors import TrainingError
 from training.report import ReportData, report_html
-from training.search import Search, leaderboard, open_study, pipeline, ranked, run
+from training.search import (
+    LEADERBOARD_COLUMNS,
+    Search,
+    leaderboard,
+    open_study,
+    pipeline,
+    ranked,
+    run,
+)
 from training.selection import (
+    CV_FOLDS,
     CentralityObjective,
+    LabelledObjective,
     Metric,
     Objective,
+    cv_folds,
     f1_threshold,
     make_objective,
+    prefer_cheaper,
     validation_metrics,
 )
 from training.space import Candidate, SearchSpace, default_candidate
+from training.strategy import LABEL_FREE, LabelFree, label_free_candidates, labelled_ensemble
 
 __all__ = [
     "DEFAULT_CONTAMINATION",
@@ -166,6 +185,7 @@ def train(
     trigger: Trigger = "manual",
     parent: str | None = None,
     progress: Callable[[int, float], None] | None = None,
+    label_free: LabelFree = "centrality",
 ) -> TrainResult:
     """Search, refit, calibrate, export and register a model.
 
@@ -203,6 +223,9 @@ def train(
         Where and how the result is registered.
     progress : callable, optional
         Called with ``(trial number, best value so far)`` after each trial.
+    label_free : {"ensemble", "routed", "iforest", "centrality"}
+        What to do when no anomaly is labelled (:mod:`training.strategy`);
+        only ``centrality`` runs a search.
 
     Returns
     -------
@@ -231,75 +254,211 @@ def train(
         raise TrainingError(f"max_score_us must be > 0, got {max_score_us}")
     if contamination is not None and not 0.0 < contamination <= 0.5:
         raise TrainingError(f"contamination must be in (0, 0.5], got {contamination}")
+    if label_free not in LABEL_FREE:
+        raise TrainingError(f"label_free must be one of {', '.join(LABEL_FREE)}, got {label_free!r}")
     if trigger not in _TRIGGERS:
         raise TrainingError(f"trigger must be one of {', '.join(_TRIGGERS)}, got {trigger!r}")
     started = time.monotonic()
     root = Path(registry_root)
     split = split_rows(dataset, seed)
     X, y = dataset.X, dataset.y
-    X_fit, X_val = X[split.fit], X[split.val]
-    y_val = None if y is None else y[split.val]
-    objective: Objective | None = make_objective(None if y is None else y[split.fit], y_val, metric)
-    if objective is None:
-        objective = _panel_objective(algos, X_fit, X_val, seed)
-    onehot_available = bool(onehot_candidates(X_fit))
-    log.info(
-        "training %r: %d rows (%s split, %d per trial, %d final fit, %d validation), objective %s, "
-        "algorithms %s",
-        name, dataset.n_rows, split.method, split.fit.size, split.final.size, split.val.size,
-        objective.name, ",".join(algos),
-    )  # fmt: skip
-
+    labelled = make_objective(None if y is None else y[split.fit], None if y is None else y[split.val], metric)
     url = _study_storage(storage, root)
     study_name = study or f"{name}-{_dt.datetime.now(_dt.UTC):%Y%m%dT%H%M%S.%fZ}"
+    if labelled is None and label_free != "centrality":
+        return _train_label_free(
+            dataset, split, label_free, space, name=name, seed=seed, contamination=contamination,
+            root=root, promote=promote, trigger=trigger, parent=parent, budget_s=budget_s,
+            metric=metric, max_score_us=max_score_us, url=url, study_name=study_name,
+        )  # fmt: skip
+
+    if labelled is not None and y is not None:
+        # Labelled: every row takes part, scored out of fold (k folds), so each
+        # known anomaly counts; the card's metrics are out-of-fold estimates.
+        pool = _pool(y, seed)
+        y_pool: NDArray[np.float64] | None = y[pool]
+        assert y_pool is not None
+        folds = cv_folds(y_pool, CV_FOLDS, seed)
+        objective: Objective = LabelledObjective(y_val=y_pool, y_fit=None, metric=metric)
+        X_fit, X_eval = X[pool], X[pool]
+        y_eval: NDArray[np.float64] | None = y_pool
+        X_time = X_fit[: min(X_fit.shape[0], 4096)]
+        final_rows = _subsample(np.arange(dataset.n_rows), MAX_FINAL_ROWS, seed)
+        split_name = f"cv{CV_FOLDS}"
+    else:
+        folds, y_pool = None, None
+        X_fit, X_eval = X[split.fit], X[split.val]
+        y_eval = None if y is None else y[split.val]
+        objective = _panel_objective(algos, X_fit, X_eval, seed)
+        X_time = X_eval
+        final_rows = split.final
+        split_name = split.method
+    onehot_available = bool(onehot_candidates(X_fit))
+    log.info(
+        "training %r: %d rows (%s, %d per trial, %d final fit), objective %s, algorithms %s",
+        name, dataset.n_rows, split_name, X_fit.shape[0], final_rows.size, objective.name, ",".join(algos),
+    )  # fmt: skip
+
     opt_study = open_study(url, study_name, seed=seed, resume=study is not None)
     before = len(opt_study.get_trials(deepcopy=False))
-    safe = space.safe_default(onehot_searched=onehot_available)
-    if safe is not None and not any(
-        Candidate.from_attrs(t.user_attrs["candidate"]).is_safe_default
-        for t in opt_study.get_trials(deepcopy=False)
-        if "candidate" in t.user_attrs
-    ):
-        opt_study.enqueue_trial(safe, skip_if_exists=True)
+    warmup = 1
+    if before == 0:  # a fresh study starts with every detector at its defaults
+        portfolio = space.portfolio(onehot_searched=onehot_available)
+        for params in portfolio:
+            opt_study.enqueue_trial(params, skip_if_exists=True)
+        warmup = len(portfolio)
     search = Search(
-        space=space, objective=objective, X_fit=X_fit, X_val=X_val, features=dataset.features,
+        space=space, objective=objective, X_fit=X_fit, X_val=X_time, features=dataset.features,
         seed=seed, study=opt_study, onehot_available=onehot_available, max_score_us=max_score_us,
+        folds=folds, y_fit=y_pool, metric=metric,
     )  # fmt: skip
-    run(opt_study, search, trials=trials, deadline=started + budget_s, jobs=jobs, progress=progress)
+    run(opt_study, search, trials=trials, deadline=started + budget_s, jobs=jobs, progress=progress,
+        warmup=warmup)
     search_s = time.monotonic() - started
-    n_run = len(opt_study.get_trials(deepcopy=False)) - before
+    n_run = len([t for t in opt_study.get_trials(deepcopy=False)[before:]
+                 if t.state != optuna.trial.TrialState.WAITING])
 
     order, cands = ranked(opt_study, objective)
-    board = leaderboard(opt_study, order)
     if not order:
+        board = leaderboard(opt_study, order)
         notes = [n for n in board["note"] if n]
         raise TrainingError(
             f"no candidate could be trained on {dataset.path}: {notes[0] if notes else 'no trial finished'}"
         )
-    best = cands[order[0]]
+    trials_by_number = {t.number: t for t in opt_study.get_trials(deepcopy=False)}
+    values = {n: float(trials_by_number[n].value or 0.0) for n in order}
+    decision = ["best"]
+    members: list[int] = [order[0]]
+    scores_eval: NDArray[np.float64] | None = None
+    if folds is not None:
+        fold_vals = {n: [math.nan if v is None else v for v in trials_by_number[n].user_attrs.get("folds", [])]
+                     for n in order}
+        costs = {n: trials_by_number[n].user_attrs.get("score_us") for n in order}
+        cheaper = prefer_cheaper(order, fold_vals, values, costs)
+        if cheaper[0] != order[0]:
+            decision = ["cheaper equivalent"]
+        order = cheaper
+        members = [order[0]]
+        scores_eval = search.oof.get(order[0])
+        ens = labelled_ensemble(order, cands, values, search.oof, objective)
+        ens_cost = None if ens is None else sum(float(costs.get(n) or 0.0) for n in ens[0])
+        if ens is not None and (max_score_us is None or (ens_cost or 0.0) <= max_score_us):
+            members, _, scores_eval = ens
+            decision.append(f"ensemble of {len(members)}")
+    board = leaderboard(opt_study, order)
     log.info(
-        "best of %d trials: %s %s (%s = %.4f)",
-        n_run, best.algorithm, best.params, objective.name, float(board["value"].iloc[0]),
+        "best of %d trials: %s (%s = %.4f)%s",
+        n_run, cands[order[0]].algorithm, objective.name, values[order[0]],
+        f"; ensemble of {[cands[n].algorithm for n in members]}" if len(members) > 1 else "",
+    )  # fmt: skip
+    model = _build([cands[n] for n in members]).fit(X[final_rows])
+    if scores_eval is None:
+        scores_eval = model.score_samples(X_eval)
+    return _register(
+        dataset, model, scores_eval, y_eval, X_eval, board, final_rows,
+        name=name, seed=seed, contamination=contamination, root=root, promote=promote,
+        trigger=trigger, parent=parent, metric=metric, max_score_us=max_score_us,
+        training={
+            "split": split_name, "fit_rows": int(X_fit.shape[0]), "validation_rows": int(X_eval.shape[0]),
+            "budget_s": budget_s, "search_s": round(search_s, 3), "trials": n_run, "jobs": jobs,
+            "selection": objective.name, "decision": decision, "study": study_name,
+            "space": space.describe(),
+        },
+        study=opt_study, storage=url, study_name=study_name,
     )  # fmt: skip
 
-    pipe = pipeline(best).fit(X[split.final])
-    calibration = Calibration.fit(pipe.score_samples(X[split.train]))
-    raw_val = pipe.score_samples(X_val)
-    cal_val = calibration.apply(raw_val)
+
+def _pool(y: NDArray[np.float64], seed: int) -> NDArray[np.intp]:
+    """Rows of a labelled search: every known anomaly, the rest subsampled to :data:`MAX_FIT_ROWS`."""
+    anomalies = np.flatnonzero(y == 1.0)
+    rest = np.flatnonzero(~(y == 1.0))
+    keep = _subsample(rest, max(MAX_FIT_ROWS - anomalies.size, 0), seed)
+    return np.sort(np.concatenate([anomalies, keep]))
+
+
+def _subsample(rows: NDArray[np.intp], limit: int, seed: int) -> NDArray[np.intp]:
+    if rows.size <= limit:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+
+
+def _build(members: Sequence[Candidate]) -> Pipeline | Ensemble:
+    pipes = [pipeline(c) for c in members]
+    return pipes[0] if len(pipes) == 1 else Ensemble(pipes)
+
+
+def _train_label_free(
+    dataset: Dataset, split: Split, strategy: LabelFree, space: SearchSpace, *, name: str, seed: int,
+    contamination: float | None, root: Path, promote: bool, trigger: Trigger, parent: str | None,
+    budget_s: float, metric: Metric, max_score_us: float | None, url: str, study_name: str,
+) -> TrainResult:
+    """A fixed label-free strategy (no search): see :mod:`training.strategy`."""
+    t0 = time.monotonic()
+    X, y = dataset.X, dataset.y
+    cands = label_free_candidates(strategy, int(split.final.size), X.shape[1], seed, space.algorithms)
+    model = _build(cands).fit(X[split.final])
+    fit_s = time.monotonic() - t0
+    pipes = model.members if isinstance(model, Ensemble) else [model]
+    X_val = X[split.val]
+    rows = []
+    for i, (c, p) in enumerate(zip(cands, pipes, strict=True)):
+        rows.append({
+            "rank": i + 1, "trial": None, "algorithm": c.algorithm,
+            "params": json.dumps(c.params, sort_keys=True), "scaler": c.scaler, "onehot": c.onehot,
+            "value": None, "fit_s": round(fit_s / len(cands), 4),
+            "score_us": round(score_cost_us(p.to_onnx(dataset.features), X_val), 3),
+            "state": "COMPLETE", "note": f"label-free strategy '{strategy}'",
+        })  # fmt: skip
+    board = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
+    board["rank"] = board["rank"].astype("Int64")
+    return _register(
+        dataset, model, model.score_samples(X_val), None if y is None else y[split.val], X_val, board,
+        split.final, name=name, seed=seed, contamination=contamination, root=root, promote=promote,
+        trigger=trigger, parent=parent, metric=metric, max_score_us=max_score_us,
+        training={
+            "split": split.method, "fit_rows": int(split.final.size), "validation_rows": int(split.val.size),
+            "budget_s": budget_s, "search_s": round(time.monotonic() - t0, 3), "trials": 0, "jobs": 1,
+            "selection": f"label_free:{strategy}", "decision": [f"{len(cands)} fixed member(s)"],
+            "study": None, "space": space.describe(),
+        },
+        study=optuna.create_study(direction="maximize"), storage=url, study_name=study_name,
+    )  # fmt: skip
+
+
+def _register(
+    dataset: Dataset, model: Pipeline | Ensemble, raw_eval: NDArray[np.float64],
+    y_eval: NDArray[np.float64] | None, X_eval: NDArray[np.float32], board: pd.DataFrame,
+    final_rows: NDArray[np.intp], *, name: str, seed: int, contamination: float | None, root: Path,
+    promote: bool, trigger: Trigger, parent: str | None, metric: Metric, max_score_us: float | None,
+    training: dict[str, object], study: optuna.Study, storage: str, study_name: str,
+) -> TrainResult:
+    """Calibrate, threshold, export, check parity, write the card and register."""
+    X = dataset.X
+    calibration = Calibration.fit(model.score_samples(X[final_rows]))
+    # Evaluation scores come from other models (out of fold) or other rows: their
+    # own ECDF gives the quantile level a threshold transfers with.
+    cal_eval = Calibration.fit(raw_eval).apply(raw_eval) if training["split"] == f"cv{CV_FOLDS}" else calibration.apply(raw_eval)
     threshold_from = "contamination"
     if contamination is not None:
         threshold = 1.0 - contamination
-    elif y_val is not None and (t := f1_threshold(y_val, cal_val)) is not None:
+    elif y_eval is not None and (t := f1_threshold(y_eval, cal_eval)) is not None:
         threshold, threshold_from = t, "f1"
     else:
         contamination = DEFAULT_CONTAMINATION
         threshold = 1.0 - contamination
-    metrics = validation_metrics(y_val, raw_val, cal_val, threshold)
-    onnx_bytes = pipe.to_onnx(dataset.features)
-    parity = check_parity(pipe, onnx_bytes, X_val)
-    detector = pipe.describe()
-    detector["preprocessing"] = pipe.preprocessor.describe(dataset.features)
-
+    metrics = validation_metrics(y_eval, np.asarray(raw_eval, dtype=np.float64), cal_eval, threshold)
+    onnx_bytes = model.to_onnx(dataset.features)
+    parity_rows = X_eval[: min(X_eval.shape[0], 5000)]
+    parity = check_parity(model, onnx_bytes, parity_rows)
+    detector = model.describe()
+    pipes = model.members if isinstance(model, Ensemble) else [model]
+    described = [p.preprocessor.describe(dataset.features) for p in pipes]
+    if isinstance(model, Ensemble):
+        for member, pre in zip(detector["members"], described, strict=True):
+            member["preprocessing"] = pre
+    else:
+        detector["preprocessing"] = described[0]
+    medians = pipes[0].preprocessor.medians_
     card = Card(
         name=name,
         version=0,  # the registry assigns the version
@@ -307,31 +466,19 @@ def train(
         calibration=calibration,
         threshold=threshold,
         severity=SeverityScale.from_threshold(threshold),
-        medians={
-            f: float(m) for f, m in zip(dataset.features, pipe.preprocessor.medians_, strict=True)
-        },
+        medians={f: float(m) for f, m in zip(dataset.features, medians, strict=True)},
         detector=detector,
         training={
             "rows": dataset.n_rows,
-            "train_rows": int(split.train.size),
-            "fit_rows": int(split.fit.size),
-            "final_fit_rows": int(split.final.size),
-            "validation_rows": int(split.val.size),
-            "split": split.method,
+            "final_fit_rows": int(final_rows.size),
             "data_path": str(dataset.path),
             "data_sha256": dataset.sha256,
             "label_column": dataset.label_column,
             "time_column": dataset.time_column,
             "labels": dataset.labels.to_dict(),
-            "budget_s": budget_s,
-            "search_s": round(search_s, 3),
-            "trials": n_run,
-            "jobs": jobs,
+            **training,
             "seed": seed,
             "metric": metric,
-            "selection": objective.name,
-            "study": study_name,
-            "space": space.describe(),
             "max_score_us": max_score_us,
             "score_us": _winner_cost(board),
             "contamination": contamination,
@@ -341,14 +488,14 @@ def train(
         parity=parity,
         lineage={"parent": parent, "trigger": trigger},
     )
-    report = ReportData(board=board, card=card, study=opt_study, val_scores=raw_val, y_val=y_val)
+    report = ReportData(board=board, card=card, study=study, val_scores=np.asarray(raw_eval), y_val=y_eval)
     files = {
         "leaderboard.csv": board.to_csv(index=False).encode(),
         "report.html": report_html(report).encode(),
     }
     artifact = Registry(root).register(name, onnx_bytes, card, files=files, promote=promote)
     log.info("registered %s at %s (promoted: %s)", artifact.card.ref, artifact.path, promote)
-    return TrainResult(artifact=artifact, leaderboard=board, study_name=study_name, storage=url)
+    return TrainResult(artifact=artifact, leaderboard=board, study_name=study_name, storage=storage)
 
 
 def _winner_cost(board: pd.DataFrame) -> float | None:

@@ -36,7 +36,7 @@ from models.pipeline import Pipeline
 from models.preprocessing import Preprocessor
 from models.zoo import make_detector
 from training.cost import score_cost_us
-from training.selection import Objective, pick
+from training.selection import Metric, Objective, fold_values, pick
 from training.space import Candidate, SearchSpace
 
 __all__ = [
@@ -98,6 +98,13 @@ class Search:
     study: optuna.Study
     onehot_available: bool
     max_score_us: float | None = None
+    #: Labelled search: k folds over ``X_fit`` (positions) and its labels; each
+    #: trial is then scored out of fold on every row and ``X_val`` only times it.
+    folds: Sequence[tuple[NDArray[np.intp], NDArray[np.intp]]] | None = None
+    y_fit: NDArray[np.float64] | None = None
+    metric: Metric = "roc_auc"
+    #: Out-of-fold scores per trial number (labelled search), for ensembles.
+    oof: dict[int, NDArray[np.float64]] = field(init=False, default_factory=dict)
     _seen: dict[str, int] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _repeats: int = field(init=False, default=0)
@@ -108,9 +115,10 @@ class Search:
                 self._seen.setdefault(_key(t.user_attrs["candidate"]), t.number)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        fit_rows = self.X_fit.shape[0] if self.folds is None else min(len(tr) for tr, _ in self.folds)
         cand = self.space.suggest(
             trial,
-            n_rows=self.X_fit.shape[0],
+            n_rows=fit_rows,
             seed=self.seed,
             onehot_available=self.onehot_available,
         )
@@ -119,6 +127,8 @@ class Search:
         if repeat is not None:
             return repeat
         t0 = time.perf_counter()
+        if self.folds is not None:
+            return self._cross_validate(trial, cand, t0)
         try:
             pipe = pipeline(cand)
             Xf = pipe.preprocessor.fit(self.X_fit).transform(self.X_fit)
@@ -138,6 +148,43 @@ class Search:
             trial.set_user_attr("note", f"failed: {type(exc).__name__}: {exc}")
             log.warning("trial %d (%s) failed: %s", trial.number, cand.algorithm, exc)
             raise
+        return self._finish(trial, cand, value, fit_s, cost)
+
+    def _cross_validate(self, trial: optuna.Trial, cand: Candidate, t0: float) -> float:
+        """Fit the candidate on k-1 folds and score the k-th, k times; pruning on the first fold."""
+        assert self.folds is not None and self.y_fit is not None
+        oof = np.empty(self.X_fit.shape[0], dtype=np.float64)
+        pipe = pipeline(cand)
+        try:
+            for f, (train_pos, test_pos) in enumerate(self.folds):
+                pipe = pipeline(cand)
+                Xf = pipe.preprocessor.fit(self.X_fit[train_pos]).transform(self.X_fit[train_pos])
+                Xt = pipe.preprocessor.transform(self.X_fit[test_pos])
+                for fraction in pipe.detector.fit_steps(Xf):
+                    if f == 0 and fraction < 1.0:
+                        oof[test_pos] = pipe.detector.score_samples(Xt)
+                        partial = fold_values(self.metric, self.y_fit, oof, self.folds[:1])[0]
+                        if math.isfinite(partial):
+                            trial.report(partial, round(100 * fraction))
+                            if trial.should_prune():
+                                trial.set_user_attr("fit_s", round(time.perf_counter() - t0, 4))
+                                trial.set_user_attr("note", f"pruned at {fraction:.0%} of training")
+                                raise optuna.TrialPruned()
+                oof[test_pos] = pipe.detector.score_samples(Xt)
+            value = float(self.objective(np.empty(0), oof))
+            fit_s = time.perf_counter() - t0
+            cost = score_cost_us(pipe.to_onnx(self.features), self.X_val)
+        except CANDIDATE_ERRORS as exc:
+            trial.set_user_attr("note", f"failed: {type(exc).__name__}: {exc}")
+            log.warning("trial %d (%s) failed: %s", trial.number, cand.algorithm, exc)
+            raise
+        per_fold = fold_values(self.metric, self.y_fit, oof, self.folds)
+        trial.set_user_attr("folds", [None if math.isnan(v) else round(v, 6) for v in per_fold])
+        with self._lock:
+            self.oof[trial.number] = oof
+        return self._finish(trial, cand, value, fit_s, cost)
+
+    def _finish(self, trial: optuna.Trial, cand: Candidate, value: float, fit_s: float, cost: float) -> float:
         if not math.isfinite(value):
             trial.set_user_attr("note", f"failed: objective is {value}")
             raise ArithmeticError(f"trial {trial.number} ({cand.algorithm}): objective is {value}")
@@ -222,6 +269,8 @@ def leaderboard(study: optuna.Study, order: Sequence[int]) -> pd.DataFrame:
     rank = {number: i + 1 for i, number in enumerate(order)}
     rows = []
     for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.WAITING:  # enqueued, never run
+            continue
         cand = t.user_attrs.get("candidate", {})
         rows.append(
             {
@@ -253,8 +302,10 @@ def run(
     deadline: float,
     jobs: int,
     progress: Callable[[int, float], None] | None,
+    warmup: int = 1,
 ) -> None:
-    """Run the first trial whatever the budget, then the rest until ``trials`` or the monotonic ``deadline``."""
+    """Run the first trial whatever the budget, the enqueued ``warmup`` trials in order,
+    then the rest in ``jobs`` threads until ``trials`` or the monotonic ``deadline``."""
     callbacks = []
     if progress is not None:
 
@@ -263,11 +314,17 @@ def run(
 
         callbacks.append(report)
     study.optimize(search, n_trials=1, catch=CANDIDATE_ERRORS, callbacks=callbacks)
+    done = 1
+    rest = max(warmup - 1, 0) if trials is None else min(max(warmup - 1, 0), trials - 1)
     left = deadline - time.monotonic()
-    if (trials is None or trials > 1) and left > 0:
+    if rest > 0 and left > 0:
+        study.optimize(search, n_trials=rest, timeout=left, catch=CANDIDATE_ERRORS, callbacks=callbacks)
+        done += rest
+    left = deadline - time.monotonic()
+    if (trials is None or trials > done) and left > 0:
         study.optimize(
             search,
-            n_trials=None if trials is None else trials - 1,
+            n_trials=None if trials is None else trials - done,
             timeout=left,
             n_jobs=jobs,
             catch=CANDIDATE_ERRORS,

@@ -43,25 +43,31 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Final, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import rankdata
+from scipy.stats import rankdata, ttest_rel
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 __all__ = [
+    "CV_FOLDS",
+    "ENSEMBLE_MIN_GAIN",
     "CentralityObjective",
     "LabelledObjective",
     "Metric",
     "Objective",
+    "cv_folds",
     "f1_threshold",
+    "fold_values",
     "make_objective",
     "pick",
+    "prefer_cheaper",
     "spearman",
     "validation_metrics",
+    "zscore",
 ]
 
 Metric = Literal["roc_auc", "aucpr"]
@@ -266,3 +272,84 @@ def validation_metrics(
         "aucpr": _score("aucpr", yk, raw[known]),
         "f1": float(f1_score(yk, flagged.astype(np.float64), zero_division=0.0)),
     }
+
+
+# --------------------------------------------------------------------------- cross-validation
+#: Folds of the labelled search: every known anomaly is scored out of fold once.
+CV_FOLDS: Final[int] = 5
+#: A candidate this close to the best (mean over folds) and not significantly
+#: worse (one-sided paired t-test over folds, p >= 0.05) counts as equal: the
+#: cheapest such candidate (µs per row) wins.
+EQUIVALENCE_MARGIN: Final[float] = 0.01
+#: An ensemble replaces the best single candidate only when its out-of-fold
+#: metric beats it by at least this much.
+ENSEMBLE_MIN_GAIN: Final[float] = 0.005
+
+
+def cv_folds(y: FloatArray, k: int, seed: int) -> list[tuple[NDArray[np.intp], NDArray[np.intp]]]:
+    """``k`` folds (train positions, test positions), stratified on known anomaly vs the rest."""
+    rng = np.random.default_rng(seed)
+    assign = np.empty(y.size, dtype=np.intp)
+    for stratum in (y == 1.0, ~(y == 1.0)):
+        rows = rng.permutation(np.flatnonzero(stratum))
+        assign[rows] = np.arange(rows.size) % k
+    positions = np.arange(y.size)
+    return [(positions[assign != f], positions[assign == f]) for f in range(k)]
+
+
+def fold_values(metric: Metric, y: FloatArray, oof: FloatArray,
+                folds: Sequence[tuple[NDArray[np.intp], NDArray[np.intp]]]) -> list[float]:
+    """The metric on each fold's labelled rows (NaN for a fold without both classes)."""
+    out = []
+    for _, test in folds:
+        target = _pu_targets(y[test])
+        if target is None or np.unique(target[1]).size < 2:
+            out.append(float("nan"))
+            continue
+        rows, yt = target
+        out.append(_score(metric, yt, np.asarray(oof, dtype=np.float64)[test][rows]))
+    return out
+
+
+def prefer_cheaper(order: Sequence[int], folds: Mapping[int, Sequence[float]],
+                   values: Mapping[int, float], cost_us: Mapping[int, float | None]) -> list[int]:
+    """Move the cheapest candidate statistically equal to the best to the front.
+
+    Equal: mean within :data:`EQUIVALENCE_MARGIN` of the best and a one-sided
+    paired t-test over the folds (best better) with p >= 0.05.
+
+    >>> prefer_cheaper([1, 2], {1: [.9, .8, .85], 2: [.89, .81, .84]}, {1: .85, 2: .847}, {1: 30.0, 2: 2.0})
+    [2, 1]
+    >>> prefer_cheaper([1, 2], {1: [.9, .9, .9], 2: [.7, .72, .71]}, {1: .9, 2: .71}, {1: 30.0, 2: 2.0})
+    [1, 2]
+    """
+    if len(order) < 2:
+        return list(order)
+    best = order[0]
+    equal = [best]
+    for other in order[1:]:
+        if values[other] < values[best] - EQUIVALENCE_MARGIN:
+            continue
+        a, b = np.asarray(folds.get(best, ())), np.asarray(folds.get(other, ()))
+        both = ~(np.isnan(a) | np.isnan(b)) if a.size == b.size and a.size else np.zeros(0, dtype=bool)
+        if both.sum() < 2:
+            continue
+        d = a[both] - b[both]
+        if np.allclose(d, 0.0):
+            p = 1.0
+        else:
+            p = float(ttest_rel(a[both], b[both], alternative="greater").pvalue)
+        if p >= 0.05:
+            equal.append(other)
+    costs = {n: cost_us.get(n) for n in equal}
+    if any(c is None for c in costs.values()):
+        return list(order)
+    cheapest = min(equal, key=lambda n: (costs[n], order.index(n)))
+    return [cheapest, *[n for n in order if n != cheapest]]
+
+
+def zscore(s: FloatArray) -> FloatArray:
+    """Standardise scores by their own mean and sd (sd 0 → 1)."""
+    s = np.asarray(s, dtype=np.float64)
+    sd = float(s.std())
+    return (s - float(s.mean())) / (sd if sd > 0 else 1.0)

@@ -53,6 +53,11 @@ ParamValue = int | float | str | bool | None
 SAFE_ALGORITHM: Final[str] = "iforest"
 #: Hyperparameters that must not exceed the rows fitted on (offset from N).
 _ROW_CAPPED: Final[Mapping[str, int]] = {"max_samples": 0, "n_neighbors": -1}
+#: Rough relative cost, so the portfolio runs the cheap detectors first.
+_PORTFOLIO_COST: Final[Mapping[str, int]] = {
+    "iforest": 0, "ecod": 1, "copod": 1, "hbos": 1, "pca": 1, "mcd": 2, "loda": 2, "knn": 3,
+    "cblof": 3, "lof": 4, "ocsvm": 6, "autoencoder": 7, "vae": 8,
+}
 _TOP_KEYS: Final[frozenset[str]] = frozenset({"algorithms", "preprocessing", "params"})
 _PRE_KEYS: Final[frozenset[str]] = frozenset({"scalers", "onehot"})
 
@@ -296,20 +301,40 @@ class SearchSpace:
         """Trial parameters of IForest at its defaults, or None when the space excludes it."""
         if SAFE_ALGORITHM not in self.algorithms:
             return None
+        return self.defaults_of(SAFE_ALGORITHM, onehot_searched=onehot_searched)
+
+    def defaults_of(self, algorithm: str, *, onehot_searched: bool) -> dict[str, ParamValue] | None:
+        """Trial parameters of ``algorithm`` at its defaults (standard scaling when it is
+        scale-sensitive), or None when the space excludes them."""
+        if algorithm not in self.algorithms:
+            return None
         if onehot_searched and False not in self.onehot:
             return None
-        defaults = _constructor_defaults(SAFE_ALGORITHM)
-        out: dict[str, ParamValue] = {"algorithm": SAFE_ALGORITHM}
+        defaults = _constructor_defaults(algorithm)
+        out: dict[str, ParamValue] = {"algorithm": algorithm}
+        scalers = self.scalers_for(algorithm)
+        if len(scalers) > 1:
+            out[f"{algorithm}.scaler"] = "standard" if "standard" in scalers else scalers[0]
         if onehot_searched and len(self.onehot) > 1:
             out["onehot"] = False
-        for name, spec in self.params.get(SAFE_ALGORITHM, {}).items():
+        for name, spec in self.params.get(algorithm, {}).items():
             if name == "random_state":
                 continue
             if not _admits(spec, defaults.get(name)):
                 return None
             if not isinstance(spec, Fixed):
-                out[f"{SAFE_ALGORITHM}.{name}"] = defaults[name]
+                out[f"{algorithm}.{name}"] = defaults[name]
         return out
+
+    def portfolio(self, *, onehot_searched: bool) -> list[dict[str, ParamValue]]:
+        """Every algorithm at its defaults, IForest first: the first trials of a search.
+
+        Selecting among detectors at their defaults is what the measured gain of
+        a few labels rests on (``notes/label-free-selection.md``); the sampler
+        then refines the hyperparameters of the promising ones.
+        """
+        order = sorted(self.algorithms, key=lambda a: (a != SAFE_ALGORITHM, _PORTFOLIO_COST.get(a, 5), a))
+        return [d for a in order if (d := self.defaults_of(a, onehot_searched=onehot_searched)) is not None]
 
     def describe(self) -> dict[str, object]:
         """JSON-able summary for the card and report."""

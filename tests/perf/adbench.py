@@ -83,7 +83,7 @@ def _fixed(name: str, X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed
 
 
 def _automl(name: str, X_tr: np.ndarray, y_tr: np.ndarray | None, X_te: np.ndarray, y_te: np.ndarray,
-            seed: int, budget_s: float, root: Path, method: str) -> Result:
+            seed: int, budget_s: float, root: Path, method: str, label_free: str = "centrality") -> Result:
     from stream.core import Scorer
     from training.automl import train
     from training.data import Dataset
@@ -94,7 +94,7 @@ def _automl(name: str, X_tr: np.ndarray, y_tr: np.ndarray | None, X_te: np.ndarr
                  label_column=None if y_tr is None else "y")
     t0 = time.perf_counter()
     res = train(ds, name=f"{name.split('_', 1)[-1].replace('.', '-')}-{method}-{seed}", budget_s=budget_s,
-                registry_root=root, seed=seed)
+                registry_root=root, seed=seed, label_free=label_free)  # type: ignore[arg-type]
     raw = Scorer(res.artifact, providers="cpu").score(np.ascontiguousarray(X_te, dtype=np.float32)).raw
     roc, pr = _metrics(y_te, raw)
     card = res.artifact.card
@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=20.0, help="AutoML seconds per run")
     parser.add_argument("--sets", default=None, help="comma-separated file names (default: all)")
     parser.add_argument("--modes", default="fixed,free,five,full")
+    parser.add_argument("--label-free", default="ensemble,routed,centrality",
+                        help="label-free strategies to run in the `free` mode")
     parser.add_argument("--out", type=Path, default=None, help="CSV of every result")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -153,7 +155,9 @@ def main() -> None:
             if "fixed" in modes:
                 results += _fixed(fname, X_tr, X_te, y_te, seed)
             if "free" in modes:
-                results.append(_automl(fname, X_tr, None, X_te, y_te, seed, args.budget, root, "label_free"))
+                for strategy in args.label_free.split(","):
+                    results.append(_automl(fname, X_tr, None, X_te, y_te, seed, args.budget, root,
+                                           f"label_free_{strategy}", label_free=strategy))
             if "five" in modes:
                 rng = np.random.default_rng(seed)
                 partial = np.full(y_tr.size, np.nan)
@@ -214,7 +218,9 @@ def _report(results: list[Result], files: list[str], elapsed: float, budget: flo
     best_fixed = max(((means[m][0], m) for m in fixed), default=(np.nan, ""))
     iforest = means.get("fixed:iforest", (np.nan, np.nan))[0]
     print()
+    free = [m for m in methods if m.startswith("automl:label_free")]
     checks = [
+        *[(m, best_fixed[0], f"≥ best fixed detector ({best_fixed[1]}, {best_fixed[0]:.3f})") for m in free],
         ("automl:label_free", best_fixed[0], f"≥ best fixed detector ({best_fixed[1]}, {best_fixed[0]:.3f})"),
         ("automl:5_known", iforest + 0.04, f"≥ IForest + 0.04 ({iforest + 0.04:.3f})"),
         ("automl:full_labels", float(np.nanmean(oracle_roc)) - 0.01 if oracle_roc else np.nan,
