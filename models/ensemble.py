@@ -60,9 +60,12 @@ class Ensemble:
 
     def freeze(self, X_raw: NDArray[np.floating]) -> Ensemble:
         """Record each (fitted) member's mean and sd of raw scores on ``X_raw``."""
-        stats = np.array([_moments(m.score_samples(X_raw)) for m in self.members])
+        scores = [np.asarray(m.score_samples(X_raw), dtype=np.float64) for m in self.members]
+        stats = np.array([_moments(s) for s in scores])
         self.means_ = stats[:, 0]
         self.sds_ = stats[:, 1]
+        # Largest score magnitude seen: member tolerances are relative above 1.
+        self.scales_ = np.array([max(1.0, float(np.max(np.abs(s), initial=0.0))) for s in scores])
         return self
 
     def _check(self) -> None:
@@ -89,9 +92,16 @@ class Ensemble:
 
     @property
     def parity_tolerance(self) -> float:
-        """Members' tolerances carried through the z-scaling."""
+        """Members' tolerances carried through the z-scaling.
+
+        A member may differ by its tolerance relative to its score size (up to
+        4× the largest training score, for rows beyond the training range);
+        divided by its sd that bounds its share of the ensemble's difference.
+        """
         self._check()
-        return float(max(m.parity_tolerance / sd for m, sd in zip(self.members, self.sds_)))
+        scales = getattr(self, "scales_", np.ones(len(self.members)))
+        return float(max(m.parity_tolerance * 4.0 * sc / sd
+                         for m, sc, sd in zip(self.members, scales, self.sds_)))
 
     @property
     def n_features_in_(self) -> int:

@@ -28,6 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,12 @@ def _metrics(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(y, s)), float(average_precision_score(y, s))
 
 
+def _chunked(fn: object, X: np.ndarray, rows: int = 8192) -> np.ndarray:
+    """Score in chunks: distance-based graphs build [rows, reference] matrices."""
+    return np.concatenate([np.asarray(fn(X[i:i + rows]), dtype=np.float64)  # type: ignore[operator]
+                           for i in range(0, X.shape[0], rows)])
+
+
 def _fixed(name: str, X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) -> list[Result]:
     from models.pipeline import Pipeline
     from models.preprocessing import Preprocessor
@@ -74,7 +81,7 @@ def _fixed(name: str, X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed
         params = {"random_state": seed} if "random_state" in ALGORITHMS[algo]().get_params() else {}
         try:
             pipe = Pipeline(preprocessor=Preprocessor(scaler="standard"), detector=make_detector(algo, **params)).fit(fit)
-            roc, pr = _metrics(y_te, pipe.score_samples(X_te))
+            roc, pr = _metrics(y_te, _chunked(pipe.score_samples, X_te))
         except Exception as exc:  # noqa: BLE001 - a detector failing on a set is a result, not a crash
             print(f"    {algo} failed on {name}: {exc}", file=sys.stderr)
             roc, pr = float("nan"), float("nan")
@@ -85,7 +92,6 @@ def _fixed(name: str, X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed
 def _automl(name: str, X_tr: np.ndarray, y_tr: np.ndarray | None, X_te: np.ndarray, y_te: np.ndarray,
             seed: int, budget_s: float, root: Path, method: str, label_free: str = "centrality") -> Result:
     from stream.core import Scorer
-    from training.automl import train
     from training.data import Dataset
 
     features = tuple(f"x{j}" for j in range(X_tr.shape[1]))
@@ -93,14 +99,25 @@ def _automl(name: str, X_tr: np.ndarray, y_tr: np.ndarray | None, X_te: np.ndarr
     ds = Dataset(X=X_tr, features=features, y=y_tr, sha256=digest, path=Path(f"{name}.npz"),
                  label_column=None if y_tr is None else "y")
     t0 = time.perf_counter()
-    res = train(ds, name=f"{name.split('_', 1)[-1].replace('.', '-')}-{method}-{seed}", budget_s=budget_s,
-                registry_root=root, seed=seed, label_free=label_free)  # type: ignore[arg-type]
-    raw = Scorer(res.artifact, providers="cpu").score(np.ascontiguousarray(X_te, dtype=np.float32)).raw
+    try:
+        res = _train(ds, name, method, seed, budget_s, root, label_free)
+    except Exception as exc:  # noqa: BLE001 - one failed run is a result, not the end of the benchmark
+        print(f"    {method}: FAILED {type(exc).__name__}: {exc}", flush=True)
+        return Result(name, seed, f"automl:{method}", float("nan"), float("nan"), time.perf_counter() - t0)
+    scorer = Scorer(res.artifact, providers="cpu")
+    raw = _chunked(lambda b: scorer.score(b).raw, np.ascontiguousarray(X_te, dtype=np.float32))
     roc, pr = _metrics(y_te, raw)
     card = res.artifact.card
     print(f"    {method}: {card.detector.get('algorithm')} ({card.training.get('selection')}) "
           f"ROC-AUC {roc:.3f}", flush=True)
     return Result(name, seed, f"automl:{method}", roc, pr, time.perf_counter() - t0)
+
+
+def _train(ds: object, name: str, method: str, seed: int, budget_s: float, root: Path, label_free: str) -> Any:
+    from training.automl import train
+
+    return train(ds, name=f"{name.split('_', 1)[-1].replace('.', '-')}-{method}-{seed}",  # type: ignore[arg-type]
+                 budget_s=budget_s, registry_root=root, seed=seed, label_free=label_free)  # type: ignore[arg-type]
 
 
 def _anchors(sets: list[str]) -> dict[str, tuple[float, float]]:
