@@ -120,6 +120,12 @@ def _train(ds: object, name: str, method: str, seed: int, budget_s: float, root:
                  budget_s=budget_s, registry_root=root, seed=seed, label_free=label_free)  # type: ignore[arg-type]
 
 
+def _read(path: Path) -> list[Result]:
+    with open(path) as fh:
+        return [Result(r["dataset"], int(r["seed"]), r["method"], float(r["rocauc"]), float(r["aucpr"]),
+                       float(r["seconds"])) for r in csv.DictReader(fh)]
+
+
 def _anchors(sets: list[str]) -> dict[str, tuple[float, float]]:
     path = SHARED / "anchors" / "adbench_unsupervised.csv"
     if not path.is_file():
@@ -142,8 +148,13 @@ def main() -> None:
     parser.add_argument("--modes", default="fixed,free,five,full")
     parser.add_argument("--label-free", default="ensemble,routed,centrality",
                         help="label-free strategies to run in the `free` mode")
-    parser.add_argument("--out", type=Path, default=None, help="CSV of every result")
+    parser.add_argument("--out", type=Path, default=None, help="CSV of every result, written as they come")
+    parser.add_argument("--report", type=Path, default=None, help="only print the tables of an --out CSV")
     args = parser.parse_args()
+    if args.report is not None:
+        done = _read(args.report)
+        _report(done, sorted({r.dataset for r in done}), 0.0, args.budget, sorted({r.seed for r in done}))
+        return
     if not args.data.is_dir():
         print(f"skipped: {args.data} is absent (the shared ADBench sets)")
         return
@@ -152,15 +163,21 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
-    files = sorted(p.name for p in args.data.glob("*.npz"))
+    # Smallest first, so a run cut short still covers most sets.
+    files = [p.name for p in sorted(args.data.glob("*.npz"), key=lambda p: p.stat().st_size)]
     if args.sets:
         wanted = set(args.sets.split(","))
         files = [f for f in files if f in wanted or f.split("_", 1)[-1].removesuffix(".npz") in wanted]
     seeds = [int(s) for s in args.seeds.split(",")]
     modes = set(args.modes.split(","))
     root = Path(tempfile.mkdtemp(prefix="anomstream-adbench-"))
+    written = 0
     results: list[Result] = []
     t_all = time.perf_counter()
+    sink = open(args.out, "w", newline="") if args.out else None  # noqa: SIM115 - closed below
+    writer = csv.writer(sink) if sink else None
+    if writer:
+        writer.writerow(["dataset", "seed", "method", "rocauc", "aucpr", "seconds"])
     for fname in files:
         d = np.load(args.data / fname, allow_pickle=True)
         X, y = d["X"].astype(np.float32), d["y"].astype(np.int64)
@@ -183,12 +200,13 @@ def main() -> None:
             if "full" in modes:
                 results.append(_automl(fname, X_tr, y_tr.astype(np.float64), X_te, y_te, seed, args.budget,
                                        root, "full_labels"))
-    if args.out:
-        with open(args.out, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["dataset", "seed", "method", "rocauc", "aucpr", "seconds"])
-            for r in results:
-                w.writerow([r.dataset, r.seed, r.method, f"{r.rocauc:.4f}", f"{r.aucpr:.4f}", f"{r.seconds:.2f}"])
+            if writer and sink:
+                for r in results[written:]:
+                    writer.writerow([r.dataset, r.seed, r.method, f"{r.rocauc:.4f}", f"{r.aucpr:.4f}", f"{r.seconds:.2f}"])
+                sink.flush()
+                written = len(results)
+    if sink:
+        sink.close()
     _report(results, files, time.perf_counter() - t_all, args.budget, seeds)
 
 
