@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from models.calibration import SEVERITIES
 
 __all__ = ["Metrics"]
 
@@ -37,6 +41,20 @@ class Metrics:
         self.websocket_dropped = Counter("anomstream_websocket_dropped", "Records dropped for slow subscribers", registry=r)
         self.alerts = Counter("anomstream_alerts", "Alerts delivered", ["sink", "status"], registry=r)
         self.consumer_lag = Gauge("anomstream_consumer_lag", "Records behind the end of the partition", ["topic", "partition"], registry=r)
+
+    def record_batch(self, *, source: str, events: int, scored: int, inference_s: float,
+                     latencies_s: Sequence[float], severities: Sequence[int]) -> None:
+        """Count one scored batch: events in, batch size, inference time, per-event latency,
+        anomalies by severity (codes index :data:`models.calibration.SEVERITIES`)."""
+        self.events.labels(source=source).inc(events)
+        if scored:
+            self.batch_size.observe(scored)
+            self.inference.observe(inference_s)
+            observe = self.latency.observe
+            for lat in latencies_s:
+                observe(lat)
+        for code in severities:
+            self.anomalies.labels(severity=SEVERITIES[code]).inc()
 
     def set_model(self, name: str, version: int, provider: str) -> None:
         """Mark ``name@version`` on ``provider`` as the one model served."""

@@ -69,22 +69,7 @@ class COPOD(ECOD):
         return np.asarray(np.maximum(u_s, (u_l + u_r) / 2.0), dtype=np.float64)
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
-        n, d = self.sorted_.shape
-        width = 2 ** int(np.ceil(np.log2(n + 1))) - 1
-        padded = np.full((width, d), np.inf, dtype=np.float32)
-        padded[:n] = self.sorted_
-        flat = g.initializer("sorted_columns", np.ascontiguousarray(padded.T).ravel())
-        le = self._count(g, x, flat, width, "LessOrEqual")
-        lt = self._count(g, x, flat, width, "Less")
-        log_n1 = g.initializer("log_n1", np.array(np.log(n + 1.0), dtype=np.float32))
-        one = g.initializer("one_f", np.array(1.0, dtype=np.float32))
-        n1 = g.initializer("n1", np.array(n + 1.0, dtype=np.float32))
-        u_l = g.node("Sub", [log_n1, g.node("Log", [g.node("Add", [le, one])])], name_hint="u_left")
-        # ge + 1 = n - lt + 1
-        u_r = g.node("Sub", [log_n1, g.node("Log", [g.node("Sub", [n1, lt])])], name_hint="u_right")
-        a = g.initializer("skew_left", (self.skew_sign_ <= 0).astype(np.float32))
-        b = g.initializer("skew_right", (self.skew_sign_ >= 0).astype(np.float32))
-        u_s = g.node("Add", [g.node("Mul", [u_l, a]), g.node("Mul", [u_r, b])], name_hint="u_skew")
+        u_l, u_r, u_s = self._tail_nodes(g, x)
         half = g.initializer("half", np.array(0.5, dtype=np.float32))
         mean = g.node("Mul", [g.node("Add", [u_l, u_r]), half], name_hint="u_mean")
         tails = g.node("Max", [u_s, mean], name_hint="tails")

@@ -115,7 +115,8 @@ class ECOD(Detector):
         count = g.node("Min", [pos, n], name_hint="count")
         return g.node("Cast", [count], to=1, name_hint="count_f")  # 1 = FLOAT
 
-    def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
+    def _tail_nodes(self, g: GraphBuilder, x: str) -> tuple[str, str, str]:
+        """ONNX nodes of the left, right and skew-chosen tail terms (each [N, D])."""
         n, d = self.sorted_.shape
         width = 2 ** int(np.ceil(np.log2(n + 1))) - 1
         padded = np.full((width, d), np.inf, dtype=np.float32)
@@ -132,6 +133,10 @@ class ECOD(Detector):
         a = g.initializer("skew_left", (self.skew_sign_ <= 0).astype(np.float32))
         b = g.initializer("skew_right", (self.skew_sign_ >= 0).astype(np.float32))
         u_s = g.node("Add", [g.node("Mul", [u_l, a]), g.node("Mul", [u_r, b])], name_hint="u_skew")
+        return u_l, u_r, u_s
+
+    def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
+        u_l, u_r, u_s = self._tail_nodes(g, x)
         tails = g.node("Max", [u_l, u_r, u_s], name_hint="tails")
         axes = g.initializer("axes1", np.array([1], dtype=np.int64))
         score = g.node("ReduceSum", [tails, axes], keepdims=0, name_hint="ecod_score")
