@@ -142,9 +142,16 @@ class LODA(Detector):
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
         cuts, n_bins = self.n_random_cuts, self.n_bins
         xd = g.node("Cast", [x], to=_DOUBLE, name_hint="x_double")
-        projected = g.node(
-            "MatMul", [xd, g.initializer("projections_t", self.projections_.T.copy())], name_hint="projected"
-        )
+        # The projection is accumulated feature by feature, in the native order
+        # (_rowwise_matmul), so both land in the same histogram bin bit for bit:
+        # a MatMul's other summation order can move a value across a bin edge.
+        d = self.projections_.shape[1]
+        columns = [xd] if d == 1 else g.node("Split", [xd], n_outputs=d, axis=1, name_hint="x_col")
+        projected = ""
+        for j, col in enumerate(columns):
+            w = g.initializer(f"projection_{j}", self.projections_[:, j].copy())
+            term = g.node("Mul", [col, w], name_hint="projected_term")
+            projected = term if j == 0 else g.node("Add", [projected, term], name_hint="projected")
         # Bin = how many inner limits are < the projection (np.searchsorted side="left").
         p3 = g.node("Unsqueeze", [projected, g.initializer("axis2", np.array([2], dtype=np.int64))])
         above = g.node("Greater", [p3, g.initializer("limits", self.limits_)], name_hint="above")

@@ -135,6 +135,15 @@ def test_onnx_parity_with_missing_values(algorithm: str, scaler: str) -> None:
     np.testing.assert_array_equal(onnx_scores(model, X_hold)[0], onnx_scores(model, imputed)[0])
 
 
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_onnx_parity_on_discrete_data(algorithm: str) -> None:
+    """Integer-valued columns put many values on histogram and split edges (ADBench's WBC looks so)."""
+    rng = np.random.default_rng(7)
+    X = rng.integers(1, 11, size=(700, N_FEATURES)).astype(np.float32)
+    pipe = Pipeline(preprocessor=Preprocessor(scaler="standard"), detector=make_detector(algorithm)).fit(X[:500])
+    assert check_parity(pipe, pipe.to_onnx(NAMES), X) >= 0.0
+
+
 def test_batch_independence(
     algorithm: str, data: tuple[NDArray[np.float32], NDArray[np.int8]]
 ) -> None:
