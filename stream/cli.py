@@ -314,6 +314,55 @@ def serve(config: Path | None, log_level: str) -> None:
         _fail(str(exc))
 
 
+# --------------------------------------------------------------------------- trainer
+@cli.command()
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="YAML configuration (the service's: model, kafka and drift.retrain sections are used).")
+@click.option("--algorithms", default=None, help="Comma-separated subset of the zoo to search (default: all).")
+@click.option("--label-free", "label_free", type=click.Choice(["ensemble", "routed", "iforest", "centrality"]),
+              default=None, help="Label-free strategy of the AutoML (default: as `train`).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def trainer(config: Path | None, algorithms: str | None, label_free: str | None, seed: int, log_level: str) -> None:
+    """Retraining worker: serve retrain requests from the control topic until SIGINT/SIGTERM.
+
+    Reads recent events back from the input topics, trains a candidate within
+    drift.retrain.budget_s, validates it against the current model on a recent
+    hold-out, and promotes it only if it passes.
+    """
+    from stream.broker import resolve_bootstrap
+    from stream.errors import StreamError
+    from stream.settings import Settings
+    from stream.trainer import Trainer
+
+    algos = _parse_algorithms(algorithms)
+    try:
+        settings = Settings.load(config)
+    except StreamError as exc:
+        _fail(str(exc))
+    if not settings.kafka.enabled:
+        _fail("the trainer needs Kafka (kafka.enabled is false)")
+    _setup_logging(log_level)
+    _quiet_optuna()
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        bootstrap, embedded = await asyncio.to_thread(resolve_bootstrap, settings.kafka.bootstrap_servers)
+        try:
+            await Trainer(settings, bootstrap=bootstrap, algorithms=algos, label_free=label_free, seed=seed).run(stop)
+        finally:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    try:
+        asyncio.run(_run())
+    except StreamError as exc:
+        _fail(str(exc))
+
+
 # --------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("--duration", type=click.FloatRange(min=1), default=None, help="Seconds to run (default: until Ctrl-C).")

@@ -200,6 +200,9 @@ class IngestBatcher:
         nothing = _NOTHING
         real = [it for it in items if it[1] is not nothing]
         values = [v for _, v in real]
+        if not scorer.features:  # cold start: features from the first event
+            live.adopt_features(values)
+            decoder = live.decoder
         decoded = decoder.decode(values)
         scored = scorer.score(decoded.X)
         scored_at = time.time()

@@ -33,15 +33,18 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from stream.alerts import AlertFilter
 from stream.batching import split_batches
-from stream.decoding import EventDecoder
+from stream.core import ScoredBatch
+from stream.decoding import DecodedBatch, EventDecoder
 from stream.metrics import Metrics
 from stream.records import dlq_record, dumps, score_records
 
-__all__ = ["KafkaRunner", "LiveModel", "RecordSink", "tail_control"]
+__all__ = ["KafkaRunner", "LiveModel", "RecordSink", "ScoredHook", "tail_control"]
 
 log = logging.getLogger(__name__)
 
 RecordSink = Callable[[str, list[dict[str, Any]]], None]
+ScoredHook = Callable[[DecodedBatch, ScoredBatch, dict[TopicPartition, int]], None]
+"""Called with every scored batch (decoded rows, scores, next offsets): the drift monitor's seam."""
 
 
 class LiveModel:
@@ -52,7 +55,21 @@ class LiveModel:
 
     def set(self, scorer: Any) -> None:
         self.scorer = scorer
-        self.decoder = EventDecoder(scorer.features)
+        # Cold start before its first parseable event: a placeholder that rejects what it sees.
+        self.decoder = EventDecoder(scorer.features or ("features",))
+
+    def adopt_features(self, values: Sequence[Any]) -> bool:
+        """Cold start: learn the feature names from the first event that parses; True once known."""
+        if self.scorer.features:
+            return True
+        from stream.coldstart import features_of
+
+        names = features_of(values)
+        if not names:
+            return False
+        self.scorer.adopt_features(names)
+        self.decoder = EventDecoder(names)
+        return True
 
 
 @dataclass(slots=True)
@@ -95,13 +112,16 @@ class KafkaRunner:
     on_records : callable, optional
         Called with (stream name, records) for every published batch
         (``"scores"``, ``"anomalies"``); the seam for WebSocket fan-out.
+    on_scored : callable, optional
+        Called with (decoded batch, scored batch, next offsets) for every batch
+        (the drift monitor).
     """
 
     def __init__(
         self, *, bootstrap: str, input_topics: Sequence[str], output_topic: str, alerts_topic: str,
         dlq_topic: str, group_id: str, model: LiveModel, alert_filter: AlertFilter, metrics: Metrics,
         max_batch: int = 512, max_latency_ms: float = 20.0, max_in_flight: int = 4,
-        on_records: RecordSink | None = None,
+        on_records: RecordSink | None = None, on_scored: ScoredHook | None = None,
     ) -> None:
         self.model = model
         self.output_topic, self.alerts_topic, self.dlq_topic = output_topic, alerts_topic, dlq_topic
@@ -111,6 +131,7 @@ class KafkaRunner:
         self.max_latency_ms = max_latency_ms
         self.max_in_flight = max_in_flight
         self.on_records = on_records
+        self.on_scored = on_scored
         self.input_topics = tuple(input_topics)
         self.group_id = group_id
         wait_ms = max(1, int(max_latency_ms))
@@ -188,10 +209,13 @@ class KafkaRunner:
     def _process(self, messages: Sequence[Any]) -> tuple[list[tuple[str, int, bytes | None, bytes]], dict[TopicPartition, int]]:
         """Decode, score and encode one batch (synchronous: no awaits per event)."""
         live = self.model
+        values = [msg.value if msg.value is not None else b"" for msg in messages]
+        if not live.scorer.features:  # cold start: features from the first event
+            live.adopt_features(values)
         scorer, decoder = live.scorer, live.decoder
         m = self.metrics
         now = time.time()
-        decoded = decoder.decode([msg.value if msg.value is not None else b"" for msg in messages])
+        decoded = decoder.decode(values)
         scored = scorer.score(decoded.X)
         scored_at = time.time()
         sources = [{"topic": msg.topic, "partition": msg.partition, "offset": msg.offset} for msg in messages]
@@ -240,6 +264,8 @@ class KafkaRunner:
             for r in received:
                 observe(scored_at - r)
         self.scored += len(records)
+        if self.on_scored is not None:
+            self.on_scored(decoded, scored, offsets)
         if self.on_records is not None:
             self.on_records("scores", records)
             if anomalies:

@@ -7,7 +7,6 @@ partition numbers, model name/version/provider; never event ids or keys.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server

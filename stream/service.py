@@ -17,11 +17,16 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Self
 
+from aiokafka import AIOKafkaProducer, TopicPartition
+
 from models.errors import ModelError
+from models.reference import InputReference
 from models.registry import Registry
 from stream.alerts import AlertFilter
 from stream.broker import EmbeddedBroker, ensure_topics, resolve_bootstrap
-from stream.core import Scorer
+from stream.control import ControlChannel, DriftLoop, RetrainPolicy
+from stream.core import ScoredBatch, Scorer
+from stream.decoding import DecodedBatch
 from stream.errors import ScoringError
 from stream.fanout import Hub
 from stream.ingest import IngestBatcher
@@ -66,12 +71,40 @@ class Service:
         self.web: WebServer | None = None
         self.kafka_state = "connecting" if settings.kafka.enabled else "disabled"
         self._registry = Registry(settings.model.registry)
+        self.drift: DriftLoop | None = None
+        self.control: ControlChannel | None = None
+        self._reload = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         s = self.settings
-        scorer = await asyncio.to_thread(load_scorer, s)
+        scorer: Any
+        if self._registry.versions(s.model.name) or self._registry.current(s.model.name) is not None:
+            scorer = await asyncio.to_thread(load_scorer, s)
+            cold = False
+        else:
+            from stream.coldstart import ColdStartScorer
+
+            log.info("no model %r in registry %s: cold start with river HalfSpaceTrees (%s)",
+                     s.model.name, s.model.registry, "coldstart@0")
+            scorer = ColdStartScorer()
+            cold = True
         self.live = LiveModel(scorer)
         self.metrics.set_model(scorer.card.name, scorer.card.version, scorer.provider)
+        if s.drift.enabled:
+            d, r = s.drift, s.drift.retrain
+            policy = RetrainPolicy(min_interval_s=r.min_interval_s, max_per_day=r.max_per_day,
+                                   min_events=r.min_events) if r.enabled else None
+            self.drift = DriftLoop(
+                model=scorer.ref, features=scorer.features, reference=None if cold else _reference(scorer),
+                policy=policy, retrain_window=r.window_events, topics=s.kafka.input_topics,
+                false_alarm_events=d.false_alarm_events, warmup_events=d.warmup_events,
+                cooldown_events=d.cooldown_events, monitor=not cold,
+            )
+            if cold:
+                self.drift.cold_start(())
+            elif self.drift.monitor.inputs.reference is None:
+                log.info("card of %s has no input reference: the first %d events are the input reference",
+                         scorer.ref, d.warmup_events)
         if s.metrics.enabled:
             self.metrics.serve(s.metrics.port)
         if s.websocket.enabled:
@@ -145,9 +178,15 @@ class Service:
         spawn(self._watch_registry(stop), "registry-watch")
         if self.ingest is not None:
             spawn(self.ingest.run(stop), "ingest-batcher")
+        producer: AIOKafkaProducer | None = None
         try:
             if s.kafka.enabled and self.bootstrap is not None:
                 k = s.kafka
+                if self.drift is not None:
+                    producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", client_id="anomstream-control")
+                    await producer.start()
+                    self.control = ControlChannel(producer=producer, topic=k.control_topic, sink=None)
+                    spawn(self.control.run(stop), "control-channel")
                 runner = KafkaRunner(
                     bootstrap=self.bootstrap, input_topics=k.input_topics, output_topic=k.output_topic,
                     alerts_topic=k.alerts_topic, dlq_topic=k.dlq_topic, group_id=k.group_id,
@@ -155,9 +194,9 @@ class Service:
                     alert_filter=AlertFilter(min_severity=s.alerts.min_severity, cooldown_s=s.alerts.cooldown_s),
                     max_batch=s.batching.max_batch, max_latency_ms=s.batching.max_latency_ms,
                     on_records=self.hub.publish if self.web is not None else None,
+                    on_scored=self._on_scored if self.drift is not None else None,
                 )
-                if self.web is not None:
-                    spawn(tail_control(self.bootstrap, k.control_topic, self.hub.publish, stop), "control-tail")
+                spawn(tail_control(self.bootstrap, k.control_topic, self._on_control, stop), "control-tail")
                 async with runner:
                     self.kafka_state = "connected"
                     try:
@@ -168,34 +207,87 @@ class Service:
             else:
                 await stop.wait()
         finally:
+            stop.set()  # lets the control channel flush what is queued
             for t in tasks:
-                t.cancel()
+                if t.get_name() != "control-channel":
+                    t.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             if self.ingest is not None:
                 self.ingest.flush()
+            if producer is not None:
+                await producer.stop()
         for r in results:
             if isinstance(r, Exception):
                 raise r
 
+    def _on_scored(self, decoded: DecodedBatch, scored: ScoredBatch, offsets: dict[TopicPartition, int]) -> None:
+        """Every scored Kafka batch: drift monitor, retrain policy, control events."""
+        assert self.drift is not None
+        if self.live is not None and self.drift.features != tuple(self.live.scorer.features) and not self.drift.monitoring:
+            self.drift.features = tuple(self.live.scorer.features)  # cold start learnt its features
+        ids = [ev.get("id") for ev in decoded.events]
+        events = self.drift.observe(decoded.X, scored.score, scored.anomaly,
+                                    {(tp.topic, tp.partition): off for tp, off in offsets.items()}, ids=ids)
+        if not events:
+            return
+        for ev in events:
+            if ev["type"] == "drift":
+                self.metrics.drift_events.labels(signal=ev["signal"]).inc()
+            elif ev["type"] == "retrain_requested":
+                self.metrics.retrain.labels(status="requested").inc()
+        if self.control is not None:
+            self.control.emit(events)
+        else:
+            self.hub.publish("control", events)
+
+    def _on_control(self, stream: str, events: list[dict[str, Any]]) -> None:
+        """Control-topic events: relayed to subscribers; retrain outcomes counted; promotions reload at once."""
+        if self.web is not None:
+            self.hub.publish(stream, events)
+        for ev in events:
+            if ev.get("type") == "retrain_finished" and ev.get("status") in ("promoted", "rejected", "failed"):
+                self.metrics.retrain.labels(status=str(ev["status"])).inc()
+            elif ev.get("type") == "model_promoted" and ev.get("origin") != "service":
+                self._reload.set()
+
     async def _watch_registry(self, stop: asyncio.Event) -> None:
-        """Load and swap in a new current version (polls every ``reload_interval_s``)."""
+        """Load and swap in a new current version (every ``reload_interval_s``, or at a ``model_promoted``)."""
         name = self.settings.model.name
         while not stop.is_set():
-            await asyncio.sleep(self.settings.model.reload_interval_s)
+            try:
+                await asyncio.wait_for(self._reload.wait(), timeout=self.settings.model.reload_interval_s)
+            except TimeoutError:
+                pass
+            self._reload.clear()
             assert self.live is not None
             try:
                 current = await asyncio.to_thread(self._registry.current, name)
-                if current is None or current == self.live.scorer.card.version:
+                if current is None or (current == self.live.scorer.card.version
+                                       and self.live.scorer.card.name == name):
                     continue
                 scorer = await asyncio.to_thread(load_scorer, self.settings, current)
             except (ModelError, ScoringError) as exc:
                 log.error("model reload failed, keeping %s: %s", self.live.scorer.ref, exc)
                 continue
-            if len(scorer.features) and scorer.features != self.live.scorer.features:
+            if self.live.scorer.features and scorer.features != self.live.scorer.features:
                 log.info("model %s has features different from %s", scorer.ref, self.live.scorer.ref)
             previous = self.live.scorer.ref
             self.live.set(scorer)
+            if self.drift is not None:
+                self.drift.swap(model=scorer.ref, features=scorer.features, reference=_reference(scorer))
             self.metrics.set_model(scorer.card.name, scorer.card.version, scorer.provider)
             log.info("model swapped: %s -> %s", previous, scorer.ref)
             self.hub.publish("control", [{"type": "model_promoted", "at": time.time(), "model": scorer.ref,
                                           "previous": previous, "origin": "service"}])
+
+
+def _reference(scorer: Scorer) -> InputReference | None:
+    """The card's input reference for the drift monitor, if it has a usable one."""
+    ref = scorer.card.extra.get("reference")
+    if not isinstance(ref, dict):
+        return None
+    try:
+        return InputReference.from_dict(ref, scorer.features)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("card of %s has an unusable input reference (%s); the first events will be", scorer.ref, exc)
+        return None

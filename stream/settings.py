@@ -106,10 +106,14 @@ class RetrainSettings(_Section):
     max_per_day: int = Field(6, ge=0)
     window_events: int = Field(50000, ge=100)
     budget_s: float = Field(120.0, gt=0)
+    min_events: int = Field(10000, ge=1)
 
 
 class DriftSettings(_Section):
     enabled: bool = True
+    false_alarm_events: float = Field(1_000_000.0, gt=1)
+    warmup_events: int = Field(5000, ge=100)
+    cooldown_events: int = Field(5000, ge=0)
     retrain: RetrainSettings = RetrainSettings()
 
 

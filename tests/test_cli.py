@@ -289,6 +289,5 @@ def test_every_contract_command_exists() -> None:
     assert set(CONTRACT_COMMANDS) <= set(command_paths(cli))
 
 
-@pytest.mark.xfail(strict=True, reason="contract §4 `trainer` command is not implemented yet")
 def test_trainer_command_exists() -> None:
     assert ("trainer",) in command_paths(cli)

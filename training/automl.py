@@ -46,6 +46,7 @@ from models.ensemble import Ensemble
 from models.export import check_parity
 from models.pipeline import Pipeline
 from models.preprocessing import onehot_candidates
+from models.reference import InputReference
 from models.registry import Registry
 from training.cost import score_cost_us
 from training.data import Dataset
@@ -487,6 +488,7 @@ def _register(
         metrics=metrics,
         parity=parity,
         lineage={"parent": parent, "trigger": trigger},
+        extra={"reference": InputReference.fit(X[final_rows], dataset.features).to_dict()},
     )
     report = ReportData(board=board, card=card, study=study, val_scores=np.asarray(raw_eval), y_val=y_eval)
     files = {

@@ -62,6 +62,7 @@ def test_labelled_ensemble_only_when_it_gains() -> None:
     out = labelled_ensemble([0, 1, 2], cands, values, {0: a, 1: b, 2: a}, objective)
     assert out is not None
     members, value, scores = out
+    assert scores.shape == a.shape
     assert members == [0, 1]  # the second iforest is not a distinct algorithm
     assert value > max(values.values())
     # A copy of the best adds nothing: no ensemble.
