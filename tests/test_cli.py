@@ -80,7 +80,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
     root = cwd / "R"
     current = root / "default" / "current"
-    train1 = ok(run_cli("train", data, "--trials", "2", "--budget", "30", "--registry", root,
+    train1 = ok(run_cli("train", data, "--label-free", "centrality", "--trials", "2", "--budget", "30", "--registry", root,
                         cwd=cwd))
     after1 = current.read_text().strip()
     ok(run_cli("train", labelled, "--label-column", "label", "--trials", "2", "--budget", "30",

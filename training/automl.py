@@ -186,7 +186,7 @@ def train(
     trigger: Trigger = "manual",
     parent: str | None = None,
     progress: Callable[[int, float], None] | None = None,
-    label_free: LabelFree = "centrality",
+    label_free: LabelFree = "ensemble",
 ) -> TrainResult:
     """Search, refit, calibrate, export and register a model.
 

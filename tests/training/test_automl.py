@@ -63,12 +63,12 @@ def five_known(labelled: Dataset) -> Dataset:
 
 @pytest.fixture(scope="module")
 def with_labels(labelled: Dataset, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    return train(labelled, trials=4, budget_s=30, registry_root=tmp_path_factory.mktemp("reg"))
+    return train(labelled, label_free="centrality", trials=4, budget_s=30, registry_root=tmp_path_factory.mktemp("reg"))
 
 
 @pytest.fixture(scope="module")
 def without_labels(unlabelled: Dataset, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    return train(unlabelled, trials=3, budget_s=30, registry_root=tmp_path_factory.mktemp("reg"))
+    return train(unlabelled, label_free="centrality", trials=3, budget_s=30, registry_root=tmp_path_factory.mktemp("reg"))
 
 
 def test_labels_drive_selection_and_metrics(with_labels: TrainResult) -> None:
@@ -100,7 +100,7 @@ def test_safe_default_is_the_first_trial(without_labels: TrainResult) -> None:
 
 
 def test_a_few_known_anomalies_are_used(five_known: Dataset, tmp_path: Path) -> None:
-    card = train(five_known, trials=2, budget_s=30, registry_root=tmp_path).artifact.card
+    card = train(five_known, label_free="centrality", trials=2, budget_s=30, registry_root=tmp_path).artifact.card
     assert card.training["selection"] == "labels:roc_auc"
     assert card.training["labels"] == {"anomalies": 5, "normals": 0, "unknown": N - 5}
     assert card.metrics["roc_auc"] is None  # no known normal to measure against
@@ -109,7 +109,7 @@ def test_a_few_known_anomalies_are_used(five_known: Dataset, tmp_path: Path) -> 
 def test_trials_bound_and_same_seed_same_values(
     unlabelled: Dataset, without_labels: TrainResult, tmp_path: Path
 ) -> None:
-    again = train(unlabelled, trials=3, budget_s=30, registry_root=tmp_path)
+    again = train(unlabelled, label_free="centrality", trials=3, budget_s=30, registry_root=tmp_path)
     assert len(again.leaderboard) == 3 and again.artifact.card.training["trials"] == 3
     a = without_labels.leaderboard.sort_values("trial")
     b = again.leaderboard.sort_values("trial")
@@ -173,7 +173,7 @@ def test_leaderboard_and_report_are_written(with_labels: TrainResult) -> None:
 
 
 def test_contamination_sets_the_threshold(labelled: Dataset, tmp_path: Path) -> None:
-    card = train(labelled, trials=1, contamination=0.05, registry_root=tmp_path).artifact.card
+    card = train(labelled, label_free="centrality", trials=1, contamination=0.05, registry_root=tmp_path).artifact.card
     assert card.threshold == 0.95
     assert card.severity.low == 0.95
 
@@ -181,13 +181,13 @@ def test_contamination_sets_the_threshold(labelled: Dataset, tmp_path: Path) -> 
 def test_a_named_study_resumes(unlabelled: Dataset, tmp_path: Path) -> None:
     seen: list[int] = []
     first = train(
-        unlabelled,
+        unlabelled, label_free="centrality",
         trials=2,
         study="shared",
         registry_root=tmp_path,
         progress=lambda n, best: seen.append(n),
     )
-    second = train(unlabelled, trials=2, study="shared", registry_root=tmp_path, promote=False)
+    second = train(unlabelled, label_free="centrality", trials=2, study="shared", registry_root=tmp_path, promote=False)
     assert seen == [0, 1]
     assert first.storage == second.storage and first.storage.endswith("studies.db")
     assert sorted(second.leaderboard["trial"]) == [0, 1, 2, 3]
@@ -203,11 +203,11 @@ def test_chronological_split_keeps_the_latest_rows_for_validation(unlabelled: Da
 
 def test_bad_arguments_raise(unlabelled: Dataset, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="'nope'"):
-        train(unlabelled, algorithms=["nope"], registry_root=tmp_path)
+        train(unlabelled, label_free="centrality", algorithms=["nope"], registry_root=tmp_path)
     with pytest.raises(TrainingError, match="jobs"):
-        train(unlabelled, jobs=0, registry_root=tmp_path)
+        train(unlabelled, label_free="centrality", jobs=0, registry_root=tmp_path)
     with pytest.raises(TrainingError, match="contamination"):
-        train(unlabelled, contamination=0.9, registry_root=tmp_path)
+        train(unlabelled, label_free="centrality", contamination=0.9, registry_root=tmp_path)
 
 
 @pytest.mark.realdata
@@ -219,7 +219,7 @@ def test_cardio_with_labels(tmp_path: Path) -> None:
     path = ADBENCH / "6_cardio.npz"
     if not path.is_file():
         pytest.skip(f"{path} is absent")
-    result = train(load_dataset(path), budget_s=20, trials=10, registry_root=tmp_path)
+    result = train(load_dataset(path), label_free="centrality", budget_s=20, trials=10, registry_root=tmp_path)
     roc_auc = result.artifact.card.metrics["roc_auc"]
     assert roc_auc is not None and roc_auc >= 0.85
 
@@ -227,6 +227,6 @@ def test_cardio_with_labels(tmp_path: Path) -> None:
 def test_a_search_without_iforest_trains_what_was_asked(
     unlabelled: Dataset, tmp_path: Path
 ) -> None:
-    res = train(unlabelled, algorithms=["ecod"], trials=1, registry_root=tmp_path, seed=0)
+    res = train(unlabelled, label_free="centrality", algorithms=["ecod"], trials=1, registry_root=tmp_path, seed=0)
     assert res.artifact.card.detector["algorithm"] == "ecod"
     assert set(res.leaderboard["algorithm"]) == {"ecod"}

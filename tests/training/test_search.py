@@ -111,8 +111,8 @@ def test_every_trial_records_fit_time_and_scoring_cost(data: Dataset) -> None:
 
 def test_too_slow_everywhere_is_an_error(data: Dataset, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="rejected"):
-        train(data, algorithms=["ecod"], trials=1, max_score_us=1e-6, registry_root=tmp_path)
-    ok = train(data, algorithms=["ecod"], trials=1, max_score_us=1e6, registry_root=tmp_path)
+        train(data, label_free="centrality", algorithms=["ecod"], trials=1, max_score_us=1e-6, registry_root=tmp_path)
+    ok = train(data, label_free="centrality", algorithms=["ecod"], trials=1, max_score_us=1e6, registry_root=tmp_path)
     assert (
         ok.artifact.card.training["score_us"] > 0
         and ok.artifact.card.training["max_score_us"] == 1e6
@@ -120,7 +120,7 @@ def test_too_slow_everywhere_is_an_error(data: Dataset, tmp_path: Path) -> None:
 
 
 def test_parallel_trials(data: Dataset, tmp_path: Path) -> None:
-    res = train(data, algorithms=["iforest", "ecod"], trials=5, jobs=2, registry_root=tmp_path)
+    res = train(data, label_free="centrality", algorithms=["iforest", "ecod"], trials=5, jobs=2, registry_root=tmp_path)
     assert len(res.leaderboard) == 5 and res.artifact.card.training["jobs"] == 2
     assert res.leaderboard["rank"].iloc[0] == 1
 
@@ -155,7 +155,7 @@ def test_onehot_is_searched_and_recorded(tmp_path: Path) -> None:
     X = np.column_stack([rng.normal(size=800), rng.integers(0, 4, size=800)]).astype(np.float32)
     ds = Dataset(X=X, features=("x", "level"), y=None, sha256="0" * 64, path=Path("cat.npz"))
     space = SearchSpace.from_mapping({"preprocessing": {"onehot": True, "scalers": ["quantile"]}})
-    res = train(ds, space=space, algorithms=["ecod"], trials=1, registry_root=tmp_path)
+    res = train(ds, label_free="centrality", space=space, algorithms=["ecod"], trials=1, registry_root=tmp_path)
     pre = res.artifact.card.detector["preprocessing"]
     assert pre["onehot"] is True and pre["onehot_columns"] == {"level": [0.0, 1.0, 2.0, 3.0]}
     assert pre["scaler"] == "none"  # ECOD is scale-invariant
@@ -165,5 +165,5 @@ def test_onehot_is_searched_and_recorded(tmp_path: Path) -> None:
 
 def test_the_seed_is_recorded(data: Dataset, tmp_path: Path) -> None:
     unl = dataclasses.replace(data, y=None, label_column=None)
-    res = train(unl, algorithms=["iforest"], trials=2, seed=5, registry_root=tmp_path)
+    res = train(unl, label_free="centrality", algorithms=["iforest"], trials=2, seed=5, registry_root=tmp_path)
     assert res.artifact.card.training["seed"] == 5

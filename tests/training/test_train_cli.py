@@ -38,7 +38,7 @@ def test_train_with_a_space_file_prints_profile_and_costs(
     space = tmp_path / "space.yaml"
     space.write_text("algorithms: [iforest, ecod]\npreprocessing: {onehot: false}\n"
                      "params: {iforest: {n_estimators: {low: 20, high: 40, step: 10}}}\n")  # fmt: skip
-    code, out, err = _run(capsys, "train", data, "--space", space, "--trials", "3", "--jobs", "2",
+    code, out, err = _run(capsys, "train", data, "--label-free", "centrality", "--space", space, "--trials", "3", "--jobs", "2",
                           "--max-score-us", "100000", "--registry", tmp_path / "R")  # fmt: skip
     assert code == 0, err
     assert "400 rows × 4 features" in out
