@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/perf/bench_e2e.py
 	$(BIN)/python tests/perf/bench_ws.py
 	$(BIN)/python tests/perf/bench_drift.py
+	$(BIN)/python tests/perf/bench_faust.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream models training tests

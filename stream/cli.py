@@ -37,12 +37,17 @@ def _fail(message: str) -> NoReturn:
     raise UsageFailure(message)
 
 
-def _setup_logging(level: str = "INFO") -> None:
+def _setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if fmt == "json":
+        from stream.logformat import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     for noisy in ("aiokafka", "kafka", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -287,7 +292,9 @@ def score(model_ref: str, data: Path, output: Path | None, registry: Path) -> No
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="YAML configuration (default: built-in defaults, see configs/service.yaml).")
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def serve(config: Path | None, log_level: str) -> None:
+@click.option("--log-format", "log_format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="json: one JSON object per line (ts, time, level, logger, message).")
+def serve(config: Path | None, log_level: str, log_format: str) -> None:
     """Run the service until SIGINT/SIGTERM (graceful: in-flight batches are published and committed)."""
     from stream.errors import StreamError
     from stream.service import Service
@@ -297,7 +304,7 @@ def serve(config: Path | None, log_level: str) -> None:
         settings = Settings.load(config)
     except StreamError as exc:
         _fail(str(exc))
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
 
     async def _run() -> None:
         stop = asyncio.Event()
@@ -323,7 +330,10 @@ def serve(config: Path | None, log_level: str) -> None:
               default=None, help="Label-free strategy of the AutoML (default: as `train`).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def trainer(config: Path | None, algorithms: str | None, label_free: str | None, seed: int, log_level: str) -> None:
+@click.option("--log-format", "log_format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="json: one JSON object per line (ts, time, level, logger, message).")
+def trainer(config: Path | None, algorithms: str | None, label_free: str | None, seed: int, log_level: str,
+            log_format: str) -> None:
     """Retraining worker: serve retrain requests from the control topic until SIGINT/SIGTERM.
 
     Reads recent events back from the input topics, trains a candidate within
@@ -342,7 +352,7 @@ def trainer(config: Path | None, algorithms: str | None, label_free: str | None,
         _fail(str(exc))
     if not settings.kafka.enabled:
         _fail("the trainer needs Kafka (kafka.enabled is false)")
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     _quiet_optuna()
 
     async def _run() -> None:

@@ -1,7 +1,10 @@
 """Prometheus metrics (contract §8), on a registry of their own.
 
 Label values stay bounded: sources, reject codes, severities, topic and
-partition numbers, model name/version/provider; never event ids or keys.
+partition numbers, model name/version/provider, alert sinks (never a webhook
+URL) and statuses; never event ids or keys.  The fixed label values below are
+created at zero on start, so every series exists (and dashboards show 0, not
+"no data") before the first event.
 """
 
 from __future__ import annotations
@@ -12,8 +15,15 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from models.calibration import SEVERITIES
+from stream.decoding import REJECT_CODES
 
-__all__ = ["Metrics"]
+__all__ = ["ALERT_SINKS", "ALERT_STATUSES", "Metrics"]
+
+ALERT_SINKS = ("kafka", "webhook", "jsonl")
+ALERT_STATUSES = ("sent", "failed", "dropped", "circuit_open")
+_DRIFT_SIGNALS = ("score", "anomaly_rate", "input")
+_RETRAIN_STATUSES = ("requested", "promoted", "rejected", "failed")
+_WS_ENDPOINTS = ("ingest", "subscribe")
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,19 @@ class Metrics:
         self.websocket_dropped = Counter("anomstream_websocket_dropped", "Records dropped for slow subscribers", registry=r)
         self.alerts = Counter("anomstream_alerts", "Alerts delivered", ["sink", "status"], registry=r)
         self.consumer_lag = Gauge("anomstream_consumer_lag", "Records behind the end of the partition", ["topic", "partition"], registry=r)
+        for source in ("kafka", "websocket"):
+            self.events.labels(source=source)
+        for code in REJECT_CODES:
+            self.rejected.labels(reason=code)
+        for sev in SEVERITIES[1:]:
+            self.anomalies.labels(severity=sev)
+        for signal in _DRIFT_SIGNALS:
+            self.drift_events.labels(signal=signal)
+        for status in _RETRAIN_STATUSES:
+            self.retrain.labels(status=status)
+        for endpoint in _WS_ENDPOINTS:
+            self.websocket_clients.labels(endpoint=endpoint)
+        self.alerts.labels(sink="kafka", status="sent")
 
     def record_batch(self, *, source: str, events: int, scored: int, inference_s: float,
                      latencies_s: Sequence[float], severities: Sequence[int]) -> None:

@@ -11,7 +11,9 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from models.calibration import SEVERITIES
 from stream.core import ScoredBatch
@@ -30,7 +32,7 @@ def score_records(
     model: str,
     features: Sequence[str],
     scored_at: float,
-    received_at: Sequence[float],
+    received_at: Sequence[float] | NDArray[np.float64],
     keys: Sequence[str | None] | None = None,
     sources: Sequence[Source] | None = None,
 ) -> list[dict[str, Any]]:
@@ -43,8 +45,14 @@ def score_records(
     raw = scored.raw.tolist()
     score = scored.score.tolist()
     anomaly = scored.anomaly.tolist()
-    sev = scored.severity.tolist()
+    sev = [SEVERITIES[s] for s in scored.severity.tolist()]
+    received = np.asarray(received_at, dtype=np.float64)
+    # One numpy pass for the latency column; np.round and round() agree to the last digit shown.
+    latency_ms = np.round((scored_at - received) * 1000.0, 3).tolist()
+    received_l = received.tolist()
+    imputed = decoded.imputed
     out: list[dict[str, Any]] = []
+    append = out.append
     for i, (pos, ev) in enumerate(zip(decoded.rows, decoded.events)):
         key = ev.get("key")
         if key is None and keys is not None:
@@ -53,21 +61,21 @@ def score_records(
         rec: dict[str, Any] = {
             "id": ev.get("id"),
             "key": key,
-            "ts": ts if ts is not None else received_at[i],
+            "ts": received_l[i] if ts is None else ts,
             "model": model,
             "score": score[i],
             "raw_score": raw[i],
             "anomaly": anomaly[i],
-            "severity": SEVERITIES[sev[i]],
+            "severity": sev[i],
             "scored_at": scored_at,
-            "latency_ms": round((scored_at - received_at[i]) * 1000.0, 3),
+            "latency_ms": latency_ms[i],
         }
-        imp = decoded.imputed[i]
+        imp = imputed[i]
         if imp is not None:
             rec["imputed"] = list(imp)
         if sources is not None:
             rec["source"] = sources[pos]
-        out.append(rec)
+        append(rec)
     if scored.anomalous_rows.size:
         names = features
         for row, idx, shares in zip(

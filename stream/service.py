@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
@@ -33,7 +33,11 @@ from stream.ingest import IngestBatcher
 from stream.kafka import KafkaRunner, LiveModel, tail_control
 from stream.metrics import Metrics
 from stream.settings import Settings
+from stream.sinks import AlertSinks
 from stream.websocket import HealthReport, WebServer
+
+if TYPE_CHECKING:
+    from stream.faust_runner import FaustRunner
 
 __all__ = ["Service", "load_scorer"]
 
@@ -187,17 +191,28 @@ class Service:
                     await producer.start()
                     self.control = ControlChannel(producer=producer, topic=k.control_topic, sink=None)
                     spawn(self.control.run(stop), "control-channel")
-                runner = KafkaRunner(
-                    bootstrap=self.bootstrap, input_topics=k.input_topics, output_topic=k.output_topic,
-                    alerts_topic=k.alerts_topic, dlq_topic=k.dlq_topic, group_id=k.group_id,
-                    model=self.live, metrics=self.metrics,
-                    alert_filter=AlertFilter(min_severity=s.alerts.min_severity, cooldown_s=s.alerts.cooldown_s),
-                    max_batch=s.batching.max_batch, max_latency_ms=s.batching.max_latency_ms,
-                    on_records=self.hub.publish if self.web is not None else None,
-                    on_scored=self._on_scored if self.drift is not None else None,
-                )
+                a = s.alerts
+                sinks = AlertSinks(webhooks=[w.model_dump() for w in a.webhooks], jsonl_path=a.jsonl_path,
+                                   queue=a.queue, metrics=self.metrics)
+                runner_kwargs: dict[str, Any] = {
+                    "bootstrap": self.bootstrap, "input_topics": k.input_topics, "output_topic": k.output_topic,
+                    "alerts_topic": k.alerts_topic, "dlq_topic": k.dlq_topic, "group_id": k.group_id,
+                    "model": self.live, "metrics": self.metrics,
+                    "alert_filter": AlertFilter(min_severity=s.alerts.min_severity, cooldown_s=s.alerts.cooldown_s),
+                    "max_batch": s.batching.max_batch, "max_latency_ms": s.batching.max_latency_ms,
+                    "on_records": self.hub.publish if self.web is not None else None,
+                    "on_scored": self._on_scored if self.drift is not None else None,
+                    "on_alerts": sinks.submit if sinks else None,
+                }
+                runner: KafkaRunner | FaustRunner
+                if k.backend == "faust":
+                    from stream.faust_runner import FaustRunner
+
+                    runner = FaustRunner(**runner_kwargs, partitions=k.partitions)
+                else:
+                    runner = KafkaRunner(**runner_kwargs)
                 spawn(tail_control(self.bootstrap, k.control_topic, self._on_control, stop), "control-tail")
-                async with runner:
+                async with sinks, runner:
                     self.kafka_state = "connected"
                     try:
                         await runner.run(stop, stop_after=stop_after)

@@ -121,12 +121,18 @@ class WebhookSettings(_Section):
     url: str
     format: Literal["json", "slack"] = "json"
     timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(3, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    failure_threshold: int = Field(5, ge=1)
+    reset_s: float = Field(30.0, gt=0)
 
 
 class AlertSettings(_Section):
     min_severity: Literal["low", "medium", "high", "critical"] = "medium"
     cooldown_s: float = Field(60.0, ge=0)
     webhooks: tuple[WebhookSettings, ...] = ()
+    jsonl_path: Path | None = None
+    queue: int = Field(1000, ge=1)
 
 
 class Settings(_Section):

@@ -397,6 +397,8 @@ def _train_label_free(
     t0 = time.monotonic()
     X, y = dataset.X, dataset.y
     cands = label_free_candidates(strategy, int(split.final.size), X.shape[1], seed, space.algorithms)
+    log.info("training %r: %d rows, no labels: label-free strategy %s (%s)", name, dataset.n_rows, strategy,
+             ", ".join(c.algorithm for c in cands))
     model = _build(cands).fit(X[split.final])
     fit_s = time.monotonic() - t0
     pipes = model.members if isinstance(model, Ensemble) else [model]

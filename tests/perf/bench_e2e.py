@@ -13,7 +13,9 @@ Rows of the table:
   records; throughput counted on the scores topic, latency from the event's
   ``ts`` (set by the producer at send time) to the arrival of its score record.
 
-Each scenario offers events at the maximum rate and at 5,000 events/s.
+Each scenario offers events at the maximum rate, at 5,000 and at 20,000
+events/s.  The service's resident set size (``VmRSS`` of its process) is read
+after each of its runs; the figure printed is the largest, at steady state.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -148,10 +151,24 @@ async def _partitions(consumer: object, topic: str) -> set[int]:
 _next_base = [0]
 
 
-def _scenario(bootstrap: str, topic_in: str, topic_out: str, n: int, rate: float | None) -> tuple[float, np.ndarray]:
+def _rss_mib(pid: int) -> float:
+    """Resident set size of a process from /proc (Linux), MiB; NaN where unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _scenario(bootstrap: str, topic_in: str, topic_out: str, n: int, rate: float | None,
+              on_ready: Callable[[], object] | None = None) -> tuple[float, np.ndarray]:
     base = _next_base[0]
     _next_base[0] += n
     proc, go = _start_producer(bootstrap, topic_in, n, base, rate)
+    if on_ready is not None:
+        on_ready()
     try:
         return asyncio.run(_collect(bootstrap, topic_out, n, base, timeout_s=300, go=go))
     finally:
@@ -161,7 +178,11 @@ def _scenario(bootstrap: str, topic_in: str, topic_out: str, n: int, rate: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000, help="events per max-rate run")
-    parser.add_argument("--paced-seconds", type=float, default=10.0, help="length of the 5,000 events/s run")
+    parser.add_argument("--paced-seconds", type=float, default=10.0, help="length of each paced run")
+    parser.add_argument("--rates", default="max,5000,20000", help="offered rates, events/s ('max' = unpaced)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling rows")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
+                        help="record the service with py-spy (collapsed stacks) during its max-rate run")
     args = parser.parse_args()
 
     import optuna
@@ -185,13 +206,15 @@ def main() -> None:
           f"{os.cpu_count()} CPUs; broker: embedded Tansu", flush=True)
 
     rows: list[tuple[str, str, float, np.ndarray | None]] = []
-    paced_n = int(5000 * args.paced_seconds)
+    scenarios = [("max", args.events, None) if r == "max" else (f"{int(r):,}/s", int(int(r) * args.paced_seconds), float(r))
+                 for r in args.rates.split(",")]
+    rss_mib: list[float] = []
     with EmbeddedBroker(port=0) as broker:
         bs = broker.bootstrap
         run = uuid.uuid4().hex[:6]
         # Ceiling: produce → consume → orjson, no scoring.
-        for label, n, rate in (("max", args.events, None), ("5,000/s", paced_n, 5000.0)):
-            topic = f"ceiling-{run}-{label[:3]}"
+        for label, n, rate in ([] if args.no_ceiling else scenarios):
+            topic = f"ceiling-{run}-{label.replace(',', '').replace('/', '')}"
             asyncio.run(ensure_topics(bs, {topic: 4}))
             eps, lat = _scenario(bs, topic, topic, n, rate)
             rows.append(("ceiling: aiokafka produce → consume → orjson", label, eps, lat))
@@ -216,10 +239,20 @@ def main() -> None:
             # Warm up: the service joins its group and scores a first batch.
             _scenario(bs, f"{prefix}.events", f"{prefix}.scores", 2000, 2000.0)
             out = f"{prefix}.scores"
-            for label, n, rate in (("max", args.events, None), ("5,000/s", paced_n, 5000.0)):
-                eps, lat = _scenario(bs, f"{prefix}.events", out, n, rate)
+            for label, n, rate in scenarios:
+                spies: list[subprocess.Popen[bytes]] = []
+
+                def spy(pid: int = svc.pid, spies: list[subprocess.Popen[bytes]] = spies) -> None:
+                    spies.append(subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "100", "-d", "4",
+                                                   "-f", "raw", "-o", str(args.py_spy)], stdout=subprocess.DEVNULL))
+
+                profile = args.py_spy is not None and rate is None
+                eps, lat = _scenario(bs, f"{prefix}.events", out, n, rate, on_ready=spy if profile else None)
+                for p in spies:
+                    p.wait(60)
                 rows.append(("anomstream serve (decode, ONNX score, produce)", label, eps, lat))
-                print(f"  anomstream {label}: {eps:,.0f} events/s", flush=True)
+                rss_mib.append(_rss_mib(svc.pid))
+                print(f"  anomstream {label}: {eps:,.0f} events/s, RSS {rss_mib[-1]:.0f} MiB", flush=True)
         finally:
             svc.send_signal(signal.SIGTERM)
             svc.wait(30)
@@ -230,7 +263,11 @@ def main() -> None:
     print(f"|{'-' * 50}|{'-' * 10}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|")
     for name, label, eps, lat in rows:
         p50, p99 = (np.percentile(lat, [50, 99]) if lat is not None else (np.nan, np.nan))
-        print(f"| {name:<48} | {label:>8} | {eps:>9,.0f} | {p50:>7.1f} | {p99:>7.1f} | {eps / ceiling[label]:>10.2f} |")
+        vs = f"{eps / ceiling[label]:.2f}" if label in ceiling else "n/a"
+        print(f"| {name:<48} | {label:>8} | {eps:>9,.0f} | {p50:>7.1f} | {p99:>7.1f} | {vs:>10} |")
+    if rss_mib:
+        print(f"\nservice resident set (VmRSS) after each run: {', '.join(f'{r:.0f}' for r in rss_mib)} MiB; "
+              f"steady state {max(rss_mib):.0f} MiB")
     print("\nlatency: event ts (producer send) → record read by the collector; max-rate latency includes the backlog.")
 
 

@@ -37,11 +37,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(tmp: Path, bootstrap: str, registry: Path, prefix: str, *, metrics_port: int) -> Path:
+def _config(tmp: Path, bootstrap: str, registry: Path, prefix: str, *, metrics_port: int,
+            backend: str = "aiokafka") -> Path:
     cfg = tmp / "service.yaml"
     cfg.write_text(json.dumps({
         "model": {"registry": str(registry), "name": "default", "reload_interval_s": 1},
-        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [f"{prefix}.events"],
+        "kafka": {"bootstrap_servers": bootstrap, "backend": backend, "input_topics": [f"{prefix}.events"],
                   "output_topic": f"{prefix}.scores", "alerts_topic": f"{prefix}.anomalies",
                   "dlq_topic": f"{prefix}.dlq", "control_topic": f"{prefix}.control",
                   "group_id": f"{prefix}.group", "partitions": 3},
@@ -137,10 +138,12 @@ def _start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
                                 stderr=subprocess.STDOUT, env=subprocess_env())
 
 
-def test_serve_scores_every_event_once_and_dead_letters_the_bad(broker: str, registry: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["aiokafka", "faust"])
+def test_serve_scores_every_event_once_and_dead_letters_the_bad(broker: str, registry: Path, tmp_path: Path,
+                                                                backend: str) -> None:
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     port = _free_port()
-    cfg = _config(tmp_path, broker, registry, prefix, metrics_port=port)
+    cfg = _config(tmp_path, broker, registry, prefix, metrics_port=port, backend=backend)
     gen = SyntheticStream(n_features=6, seed=3)
     valid = _events(9900, gen)
     bad = [_malformed(i, gen.features) for i in range(100)]
@@ -156,7 +159,9 @@ def test_serve_scores_every_event_once_and_dead_letters_the_bad(broker: str, reg
 
     proc = _start(cfg, tmp_path / "serve.log")
     try:
-        scores = asyncio.run(_consume(broker, f"{prefix}.scores", until=9900, timeout_s=120, proc=proc))
+        t0 = time.monotonic()
+        scores = asyncio.run(_consume(broker, f"{prefix}.scores", until=9900, timeout_s=180, proc=proc))
+        print(f"\n{backend}: 9900 score records {time.monotonic() - t0:.1f} s after start")
         dlq = asyncio.run(_consume(broker, f"{prefix}.dlq", until=100, timeout_s=30, proc=proc))
         alerts = asyncio.run(_consume(broker, f"{prefix}.anomalies", until=1, timeout_s=30, proc=proc))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
