@@ -30,6 +30,7 @@ import time
 from collections import deque
 from typing import Any, Final
 
+import numpy as np
 import orjson
 
 from stream.batching import MicroBatcher
@@ -43,7 +44,6 @@ __all__ = ["IngestBatcher", "Outbox"]
 
 log = logging.getLogger(__name__)
 
-_SEV_NAMES: Final = ("none", "low", "medium", "high", "critical")
 _NOTHING: Final[Any] = object()  # the item of an empty array frame: a reply, no event
 _UNSET: Final[dict[str, Any]] = {}
 TOO_LARGE_ECHO: Final = 1024
@@ -234,13 +234,10 @@ class IngestBatcher:
                     continue
             res = frame.results
             frame.outbox.put(orjson.dumps(res) if frame.array else orjson.dumps(res[0]))
-        m.events.labels(source="websocket").inc(len(values))
-        if decoded.rows:
-            m.batch_size.observe(len(decoded.rows))
-            m.inference.observe(scored.inference_s)
-            observe = m.latency.observe
-            for r in received:
-                observe(scored_at - r)
+        m.record_batch(source="websocket", events=len(values), scored=len(decoded.rows),
+                       inference_s=scored.inference_s,
+                       latencies_s=scored_at - np.asarray(received, dtype=np.float64),
+                       severities=scored.severity[scored.anomalous_rows])
         self.scored += len(records)
         self.rejected += len(decoded.rejected)
         if records:
@@ -248,5 +245,3 @@ class IngestBatcher:
         if scored.anomalous_rows.size:
             rows = scored.anomalous_rows.tolist()
             self.hub.publish("anomalies", [records[i] for i in rows])
-            for s in scored.severity[scored.anomalous_rows].tolist():
-                m.anomalies.labels(severity=_SEV_NAMES[s]).inc()

@@ -10,8 +10,9 @@ created at zero on start, so every series exists (and dashboards show 0, not
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
+import numpy as np
+from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from models.calibration import SEVERITIES
@@ -65,18 +66,19 @@ class Metrics:
         self.alerts.labels(sink="kafka", status="sent")
 
     def record_batch(self, *, source: str, events: int, scored: int, inference_s: float,
-                     latencies_s: Sequence[float], severities: Sequence[int]) -> None:
-        """Count one scored batch: events in, batch size, inference time, per-event latency,
-        anomalies by severity (codes index :data:`models.calibration.SEVERITIES`)."""
+                     latencies_s: NDArray[np.float64], severities: NDArray[np.int8]) -> None:
+        """Count one scored batch: events in, batch size, inference time, per-event latency
+        (as one bucket count per bucket), anomalies by severity (codes index
+        :data:`models.calibration.SEVERITIES`)."""
         self.events.labels(source=source).inc(events)
         if scored:
             self.batch_size.observe(scored)
             self.inference.observe(inference_s)
-            observe = self.latency.observe
-            for lat in latencies_s:
-                observe(lat)
-        for code in severities:
-            self.anomalies.labels(severity=SEVERITIES[code]).inc()
+            observe_many(self.latency, latencies_s)
+        if severities.size:
+            for code, n in enumerate(np.bincount(severities, minlength=len(SEVERITIES)).tolist()):
+                if n:
+                    self.anomalies.labels(severity=SEVERITIES[code]).inc(n)
 
     def set_model(self, name: str, version: int, provider: str) -> None:
         """Mark ``name@version`` on ``provider`` as the one model served."""
@@ -87,3 +89,24 @@ class Metrics:
         """Expose ``/metrics`` on ``port`` (a background thread)."""
         start_http_server(port, addr=host, registry=self.registry)
         log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+def observe_many(hist: Histogram, values: NDArray[np.float64]) -> None:
+    """``hist.observe(v)`` for every value, as one bucket count per bucket.
+
+    Observing event by event cost 3.4 µs per event (a fifth of the per-event
+    work); this counts with numpy and increments each touched bucket once.
+    It relies on prometheus_client's ``_upper_bounds``/``_buckets``/``_sum``
+    (unchanged since 0.4); without them it falls back to ``observe``.
+    """
+    bounds = getattr(hist, "_upper_bounds", None)
+    if bounds is None or not hasattr(hist, "_buckets") or not hasattr(hist, "_sum"):
+        for v in values.tolist():
+            hist.observe(v)
+        return
+    # observe() counts v in the first bucket with v <= bound: searchsorted side="left".
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds) + 1)
+    for i, c in enumerate(counts[: len(bounds)].tolist()):
+        if c:
+            hist._buckets[i].inc(c)
+    hist._sum.inc(float(values.sum()))
