@@ -205,6 +205,41 @@ def test_drift_retrains_validates_swaps_and_rolls_back(broker: str, fresh_regist
     assert "anomstream_drift_events_total{signal=" in metrics
 
 
+def test_gradual_drift_is_detected_and_retrains_respect_max_per_day(broker: str, fresh_registry: Path,
+                                                                     tmp_path: Path) -> None:
+    prefix = f"ramp-{uuid.uuid4().hex[:8]}"
+    # No minimum interval: only max_per_day (1) holds the retrains back.
+    cfg, port = _config(tmp_path, broker, fresh_registry, prefix, min_interval_s=0, max_per_day=1)
+    topic = f"{prefix}.events"
+    asyncio.run(ensure_topics(broker, {topic: 1, f"{prefix}.control": 1}))
+    gen = SyntheticStream(n_features=D, seed=11)
+    gen.sample(5000)
+    serve = _start(["serve", "--config", str(cfg)], tmp_path / "serve.log")
+    trainer = _start(["trainer", "--config", str(cfg), "--label-free", "iforest"], tmp_path / "trainer.log")
+    try:
+        values = _events(gen, 10_000, 0)
+        for step in range(1, 31):  # a slow ramp: +0.1 sd on 4 of 12 features every 2,000 events
+            gen.drift(4, 0.1 * step)
+            values += _events(gen, 2000, 10_000 + 2000 * (step - 1))
+        n = len(values)
+        asyncio.run(_produce(broker, topic, values))
+        scores = asyncio.run(_read(broker, f"{prefix}.scores", timeout_s=150, proc=serve,
+                                   until=lambda recs: len({r["id"] for r in recs}) >= n))
+        control = asyncio.run(_read(broker, f"{prefix}.control", timeout_s=60, proc=serve,
+                                    until=lambda evs: bool(_by_type(evs, "retrain_finished"))))
+        time.sleep(3)  # later drift events would ask again: give them time to show
+        control = asyncio.run(_read(broker, f"{prefix}.control", timeout_s=3, proc=serve, until=lambda e: False))
+    finally:
+        _stop(trainer, tmp_path / "trainer.log")
+        _stop(serve, tmp_path / "serve.log")
+    drifts = _by_type(control, "drift")
+    print(f"\nramp: drift at {[(d['signal'], d.get('id')) for d in drifts]}; "
+          f"{len(_by_type(control, 'retrain_requested'))} retrain request(s)")
+    assert drifts and min(d["id"] for d in drifts) >= 10_000, drifts  # detected during the ramp, not before
+    assert len(_by_type(control, "retrain_requested")) == 1  # max_per_day = 1, however often drift fires
+    assert {r["id"] for r in scores} == set(range(n))
+
+
 def test_stationary_stream_raises_no_drift(broker: str, fresh_registry: Path, tmp_path: Path) -> None:
     prefix = f"calm-{uuid.uuid4().hex[:8]}"
     cfg, port = _config(tmp_path, broker, fresh_registry, prefix)
