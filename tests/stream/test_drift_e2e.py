@@ -209,7 +209,7 @@ def test_gradual_drift_is_detected_and_retrains_respect_max_per_day(broker: str,
                                                                      tmp_path: Path) -> None:
     prefix = f"ramp-{uuid.uuid4().hex[:8]}"
     # No minimum interval: only max_per_day (1) holds the retrains back.
-    cfg, port = _config(tmp_path, broker, fresh_registry, prefix, min_interval_s=0, max_per_day=1)
+    cfg, _ = _config(tmp_path, broker, fresh_registry, prefix, min_interval_s=0, max_per_day=1)
     topic = f"{prefix}.events"
     asyncio.run(ensure_topics(broker, {topic: 1, f"{prefix}.control": 1}))
     gen = SyntheticStream(n_features=D, seed=11)
