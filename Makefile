@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 # torch is pinned to the CPU build of 2.13.0: an open range would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 DURATION ?= 60
+# AutoML seconds per run in the ADBench benchmark (360 runs: 6 s takes about 45 minutes here).
+ADBENCH_BUDGET ?= 6
 
 .PHONY: install demo test bench lint clean
 
@@ -30,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/perf/bench_ws.py
 	$(BIN)/python tests/perf/bench_drift.py
 	$(BIN)/python tests/perf/bench_faust.py
+	$(BIN)/python tests/perf/adbench.py --budget $(ADBENCH_BUDGET)
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream models training tests
