@@ -41,10 +41,12 @@ class IForest(Detector):
     ``-IsolationForest.score_samples``.
 
     Contributions: each split node on the row's root-to-leaf path credits its
-    feature with ``1 / h``, ``h`` that leaf's path length, so features that
-    isolate the row in few splits earn more; the credits are summed over the
-    trees and each row is divided by its total (rows sum to 1).  This is a
-    heuristic attribution, not a Shapley value.
+    feature with ``log2(n_parent / n_child) / h`` — the factor by which that
+    split shrank the row's node, over ``h``, that leaf's path length — so a
+    split that cuts the row off from most of the data (an out-of-range value)
+    earns far more than one that halves it, and rows isolated in few splits
+    weigh more; the credits are summed over the trees and each row is divided
+    by its total (rows sum to 1).  A heuristic attribution, not a Shapley value.
 
     The ONNX export is a single ``TreeEnsembleRegressor`` (ai.onnx.ml) over
     all trees with ``D + 1`` targets: target 0 the path length, targets
@@ -113,12 +115,14 @@ class IForest(Detector):
             fmap = np.asarray(feats if est.n_features_in_ != n_features else np.arange(n_features))
             path = t.compute_node_depths() - 1.0 + _average_path_length(t.n_node_samples)
             counts = np.zeros((t.node_count, n_features))
+            n = t.n_node_samples.astype(np.float64)
             for node in range(t.node_count):  # parents precede children in sklearn trees
                 left, right = t.children_left[node], t.children_right[node]
                 if left != _LEAF:
                     for child in (left, right):
                         counts[child] = counts[node]
-                        counts[child, fmap[t.feature[node]]] += 1.0
+                        # The split's share of the isolation: how many-fold it shrank the node.
+                        counts[child, fmap[t.feature[node]]] += np.log2(n[node] / max(n[child], 1.0))
             leaf = t.children_left == _LEAF
             credit = np.zeros_like(counts)
             ok = leaf & (path > 0)

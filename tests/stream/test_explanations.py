@@ -26,12 +26,7 @@ D = 8
 NAMES = [f"f{i}" for i in range(D)]
 FLOOR = 0.90
 # Detectors measured below the floor, with their rate (see the README's "Explanations").
-KNOWN_WEAK: dict[str, str] = {
-    # The path-length credit (models/zoo/iforest.py) also credits the features split on before the
-    # pushed one is reached; measured 82.8% here (and sklearn's own IForest flags only 2% of these
-    # rows at its 99th training percentile: a single-feature excursion is its weak case).
-    "iforest": "iforest: pushed feature first in 82.8% < 90% (path-length credit attribution)",
-}
+KNOWN_WEAK: dict[str, str] = {}
 
 
 def _normal(rng: np.random.Generator, n: int) -> NDArray[np.float32]:
