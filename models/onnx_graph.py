@@ -27,7 +27,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["ML_DOMAIN", "ML_OPSET", "OPSET", "GraphBuilder", "row_shares"]
+__all__ = ["ML_DOMAIN", "ML_OPSET", "OPSET", "GraphBuilder", "row_shares", "rowwise_matmul"]
 
 OPSET = 17
 ML_OPSET = 3
@@ -47,6 +47,17 @@ def row_shares(a: NDArray[np.floating]) -> NDArray[np.float64]:
     total = a.sum(axis=1, keepdims=True)
     out = np.zeros_like(a)
     np.divide(a, total, out=out, where=total > 0)
+    return out
+
+
+def rowwise_matmul(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``a @ b`` accumulated in a fixed order, so a row's result never depends on the batch.
+
+    BLAS picks its blocking by the batch size, which moves the last bits.
+    """
+    out = np.zeros((a.shape[0], b.shape[1]))
+    for j in range(a.shape[1]):
+        out += a[:, j : j + 1] * b[j]
     return out
 
 

@@ -10,24 +10,13 @@ from numpy.typing import NDArray
 from sklearn.utils import check_random_state
 
 from models.detector import Detector, IntRange, ParamSpec
-from models.onnx_graph import GraphBuilder, row_shares
+from models.onnx_graph import GraphBuilder, row_shares, rowwise_matmul
 
 __all__ = ["LODA"]
 
 _DOUBLE = 11  # onnx TensorProto.DOUBLE
 _FLOAT = 1  # onnx TensorProto.FLOAT
 _INT64 = 7  # onnx TensorProto.INT64
-
-
-def _rowwise_matmul(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``a @ b`` accumulated in a fixed order, so a row's result never depends on the batch.
-
-    BLAS picks its blocking by the batch size, which moves the last bits.
-    """
-    out = np.zeros((a.shape[0], b.shape[1]))
-    for j in range(a.shape[1]):
-        out += a[:, j : j + 1] * b[j]
-    return out
 
 
 class LODA(Detector):
@@ -121,7 +110,7 @@ class LODA(Detector):
 
     def _terms(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         """Each projection's score term, [N, n_random_cuts]."""
-        projected = _rowwise_matmul(X.astype(np.float64), self.projections_.T)
+        projected = rowwise_matmul(X.astype(np.float64), self.projections_.T)
         terms = np.empty(projected.shape)
         for i in range(self.n_random_cuts):
             bins = np.searchsorted(self.limits_[i], projected[:, i], side="left")
@@ -134,16 +123,16 @@ class LODA(Detector):
     def _contributions(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         dev = np.abs(X.astype(np.float64) - self.mean_)  # [N, D]
         weights = np.abs(self.projections_)  # [C, D]
-        denom = _rowwise_matmul(dev, weights.T)  # [N, C]
+        denom = rowwise_matmul(dev, weights.T)  # [N, C]
         ratio = np.zeros_like(denom)
         np.divide(self._terms(X), denom, out=ratio, where=denom > 0)
-        return row_shares(dev * _rowwise_matmul(ratio, weights))
+        return row_shares(dev * rowwise_matmul(ratio, weights))
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
         cuts, n_bins = self.n_random_cuts, self.n_bins
         xd = g.node("Cast", [x], to=_DOUBLE, name_hint="x_double")
         # The projection is accumulated feature by feature, in the native order
-        # (_rowwise_matmul), so both land in the same histogram bin bit for bit:
+        # (rowwise_matmul), so both land in the same histogram bin bit for bit:
         # a MatMul's other summation order can move a value across a bin edge.
         d = self.projections_.shape[1]
         columns = [xd] if d == 1 else g.node("Split", [xd], n_outputs=d, axis=1, name_hint="x_col")

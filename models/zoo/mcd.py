@@ -11,23 +11,12 @@ from numpy.typing import NDArray
 from sklearn.covariance import MinCovDet
 
 from models.detector import Detector, FloatRange, ParamSpec
-from models.onnx_graph import GraphBuilder, row_shares
+from models.onnx_graph import GraphBuilder, row_shares, rowwise_matmul
 
 __all__ = ["MCD"]
 
 _DOUBLE = 11  # onnx TensorProto.DOUBLE
 _FLOAT = 1  # onnx TensorProto.FLOAT
-
-
-def _rowwise_matmul(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``a @ b`` accumulated in a fixed order, so a row's result never depends on the batch.
-
-    BLAS picks its blocking by the batch size, which moves the last bits.
-    """
-    out = np.zeros((a.shape[0], b.shape[1]))
-    for j in range(a.shape[1]):
-        out += a[:, j : j + 1] * b[j]
-    return out
 
 
 class MCD(Detector):
@@ -94,7 +83,7 @@ class MCD(Detector):
 
     def _terms(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         d = X.astype(np.float64) - self.location_
-        return d * _rowwise_matmul(d, self.precision_)
+        return d * rowwise_matmul(d, self.precision_)
 
     def _score(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         return np.asarray(self._terms(X).sum(axis=1), dtype=np.float64)
