@@ -11,12 +11,24 @@ binary search over its knots (2-core reference machine).
 
 Provider choice (``inference.providers``): ``auto`` takes CUDA when
 ``onnxruntime.get_available_providers()`` offers it, else the CPU; ``cuda``
-insists on CUDA; ``cpu`` forces the CPU.  On CUDA the session runs through an
-IO binding (input copied to the device by the binding, outputs bound to host
-memory so they come back as numpy); on the CPU plain ``run`` is kept: a
-binding per call measured 13.4 µs against 10.2 µs at batch 1 and equal at 256
-and 4096.  The CPU call goes to the C session directly, skipping
-``InferenceSession.run``'s per-call input validation (1-1.5 µs).
+insists on CUDA; ``cpu`` forces the CPU.
+
+On the CPU plain ``run`` is kept (a binding per call measured 13.4 µs against
+10.2 µs at batch 1 and equal at 256 and 4096), called on the C session
+directly, skipping ``InferenceSession.run``'s per-call input validation
+(1-1.5 µs).  A single row takes a pure-Python path for calibration and
+severity (bisect over the knots, the same arithmetic as ``np.interp``), which
+saves the fixed cost of four numpy calls on the cheapest graphs.
+
+On CUDA the session runs through IO bindings to buffers allocated once on the
+device per *shape bucket* (the batch rounded up to a power of two, padded rows
+scored and dropped; rows are scored independently, so padding changes
+nothing).  Fixed buffers let onnxruntime capture each bucket's kernels as a
+CUDA graph on its first runs and replay it afterwards with one launch
+(``enable_cuda_graph``, one ``gpu_graph_id`` per bucket).  Graphs that keep
+nodes on the CPU (the tree-ensemble operator has no CUDA kernel) cannot be
+captured: the session is then rebuilt without CUDA graphs and bound per call
+(input copied by the binding, outputs bound to host memory).
 
 Session options, measured with ``tests/perf/bench_core.py --session-grid``
 (bare session, rows/s at batch 1 / 256 / 4096, 2-core machine otherwise idle,
@@ -36,7 +48,9 @@ Session options, measured with ``tests/perf/bench_core.py --session-grid``
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from dataclasses import dataclass
+from math import isnan
 from time import perf_counter
 from typing import Literal
 
@@ -105,20 +119,16 @@ class Scorer:
         self.card: Card = artifact.card
         self.ref = self.card.ref
         self.features = self.card.features
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        self._threads = threads or 1
+        chosen = choose_providers(providers)
+        self._cuda_graphs = chosen[0] == "CUDAExecutionProvider"
         try:
-            self._session = ort.InferenceSession(
-                str(artifact.model_path), sess_options=opts, providers=choose_providers(providers)
-            )
-        except ScoringError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
-            raise ScoringError(f"cannot load {artifact.model_path}: {' '.join(str(exc).split())}") from None
+            self._session = self._open(chosen, cuda_graph=self._cuda_graphs)
+        except Exception:
+            if not self._cuda_graphs:
+                raise
+            self._cuda_graphs = False
+            self._session = self._open(chosen, cuda_graph=False)
         self.provider = self._session.get_providers()[0]
         inputs = self._session.get_inputs()
         if [i.name for i in inputs] != ["features"]:
@@ -139,10 +149,9 @@ class Scorer:
         self.threshold = self.card.threshold
         self._top_k = min(TOP_K, len(self.features))
         self._width = len(self.features)
-        # The C session's run skips InferenceSession.run's per-call input validation
-        # (1-1.5 µs, a tenth of a batch-1 call); the input was validated above.
-        self._run_c = getattr(self._session, "_sess", self._session).run
-        self._binding = self._session.io_binding() if self.provider == "CUDAExecutionProvider" else None
+        self._bind_session()
+        self._cal_list = (tuple(float(v) for v in cal.raw), tuple(float(v) for v in cal.calibrated))
+        self._cuts_list = tuple(float(v) for v in self._cuts)
         self._no_idx = np.empty((0, self._top_k), dtype=np.intp)
         self._no_shares = np.empty((0, self._top_k), dtype=np.float32)
         self._empty = ScoredBatch(
@@ -151,8 +160,50 @@ class Scorer:
             anomalous_rows=np.empty(0, dtype=np.intp), top_features=self._no_idx,
             top_shares=self._no_shares, inference_s=0.0,
         )
-        self.score(np.zeros((1, len(self.features)), dtype=np.float32))  # warm-up
-        log.info("model %s loaded from %s on %s", self.ref, artifact.path, self.provider)
+        warm = np.zeros((1, len(self.features)), dtype=np.float32)
+        for _ in range(3 if self._cuda_graphs else 1):  # CUDA graphs are captured after a first plain run
+            self.score(warm)
+        log.info(
+            "model %s loaded from %s on %s%s", self.ref, artifact.path, self.provider,
+            " with CUDA graphs" if self._cuda_graphs else "",
+        )
+
+    def _bind_session(self) -> None:
+        # The C session's run skips InferenceSession.run's per-call input validation
+        # (1-1.5 µs, a tenth of a batch-1 call); the input was validated above.
+        self._run_c = getattr(self._session, "_sess", self._session).run
+        self._binding = self._session.io_binding() if self.provider == "CUDAExecutionProvider" else None
+        self._buckets: dict[int, _Bucket] = {}
+
+    def _drop_cuda_graphs(self, reason: str) -> None:
+        log.warning("model %s: CUDA graph replay failed (%s); binding per call from now on", self.ref, reason)
+        self._cuda_graphs = False
+        self._session = self._open(self._session.get_providers(), cuda_graph=False)
+        self._bind_session()
+
+    def _open(self, providers: list[str], *, cuda_graph: bool) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        plist: list[str | tuple[str, dict[str, str]]] = list(providers)
+        if cuda_graph:
+            plist[0] = (providers[0], {"enable_cuda_graph": "1"})
+        try:
+            return ort.InferenceSession(str(self.artifact.model_path), sess_options=opts, providers=plist)
+        except Exception as exc:
+            if cuda_graph:
+                raise
+            raise ScoringError(
+                f"cannot load {self.artifact.model_path}: {' '.join(str(exc).split())}"
+            ) from None
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether batches replay captured CUDA graphs (see module docstring)."""
+        return self._cuda_graphs
 
     def calibrate(self, raw: NDArray[np.floating]) -> NDArray[np.float64]:
         """Raw scores → calibrated scores in [0, 1]."""
@@ -170,10 +221,19 @@ class Scorer:
         t0 = perf_counter()
         raw, contrib = self._run(X)
         elapsed = perf_counter() - t0
+        if X.shape[0] == 1:
+            return self._score_one(raw, contrib, elapsed)
         score = self.calibrate(raw)
         anomaly = score >= self.threshold
-        severity = np.searchsorted(self._cuts, score, side="right").astype(np.int8)
-        rows = anomaly.nonzero()[0]
+        if self._cuts[0] >= self.threshold:
+            # Every graded row is anomalous: grade only those.
+            rows = anomaly.nonzero()[0]
+            severity = np.zeros(score.shape[0], dtype=np.int8)
+            if rows.size:
+                severity[rows] = np.searchsorted(self._cuts, score[rows], side="right")
+        else:
+            severity = np.searchsorted(self._cuts, score, side="right").astype(np.int8)
+            rows = anomaly.nonzero()[0]
         if rows.size:
             idx, shares = _top_k(contrib[rows], self._top_k)
         else:
@@ -183,20 +243,58 @@ class Scorer:
             top_features=idx, top_shares=shares, inference_s=elapsed,
         )
 
+    def _score_one(self, raw: NDArray[np.float32], contrib: NDArray[np.float32], elapsed: float) -> ScoredBatch:
+        """One row: the same results as the vectorised path, in plain Python."""
+        s = _interp_one(float(raw[0]), *self._cal_list)
+        sev = bisect_right(self._cuts_list, s)
+        if s >= self.threshold:
+            rows = _ROW0
+            idx, shares = _top_k(contrib, self._top_k)
+        else:
+            rows, idx, shares = _NO_ROWS, self._no_idx, self._no_shares
+        return ScoredBatch(
+            raw=raw, score=np.array([s]), anomaly=np.array([s >= self.threshold]),
+            severity=np.array([sev], dtype=np.int8), anomalous_rows=rows,
+            top_features=idx, top_shares=shares, inference_s=elapsed,
+        )
+
     def _run(self, X: NDArray[np.float32]) -> list[NDArray[np.float32]]:
         """(score, contributions) from the graph, as numpy arrays."""
         if self._binding is None:
             out: list[NDArray[np.float32]] = self._run_c(_OUTPUTS, {"features": X}, None)
             return out
-        # CUDA: the input is copied to the device by the binding and the outputs are
-        # bound to host memory, so they come back as numpy without a second copy call.
-        io = self._binding
-        io.bind_cpu_input("features", X)
-        for name in _OUTPUTS:
-            io.bind_output(name, "cpu")
-        self._session.run_with_iobinding(io)
-        outs: list[NDArray[np.float32]] = io.copy_outputs_to_cpu()
-        return outs
+        if self._cuda_graphs:
+            try:
+                return self._run_bucket(X)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
+                self._drop_cuda_graphs(" ".join(str(exc).split()))
+        try:
+            # The input is copied to the device by the binding and the outputs are bound
+            # to host memory, so they come back as numpy without a second copy call.
+            io = self._binding
+            io.bind_cpu_input("features", X)
+            for name in _OUTPUTS:
+                io.bind_output(name, "cpu")
+            self._session.run_with_iobinding(io)
+            outs: list[NDArray[np.float32]] = io.copy_outputs_to_cpu()
+            return outs
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
+            raise ScoringError(f"model {self.ref!r}: {' '.join(str(exc).split())}") from None
+
+    def _run_bucket(self, X: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+        """Run on the bucket's fixed device buffers (replaying its CUDA graph)."""
+        n = X.shape[0]
+        size = 1 << (n - 1).bit_length()
+        b = self._buckets.get(size)
+        if b is None:
+            b = self._buckets[size] = _Bucket(self._session, size, self._width, len(self._buckets))
+        if n == size:
+            b.features.update_inplace(np.ascontiguousarray(X, dtype=np.float32))
+        else:
+            b.host[:n] = X
+            b.features.update_inplace(b.host)
+        self._session.run_with_iobinding(b.binding, b.options)
+        return [b.score.numpy()[:n], b.contributions.numpy()[:n]]
 
     @staticmethod
     def severity_name(code: int) -> str:
@@ -204,6 +302,51 @@ class Scorer:
 
 
 _OUTPUTS = ["score", "contributions"]
+_ROW0 = np.zeros(1, dtype=np.intp)
+_NO_ROWS = np.empty(0, dtype=np.intp)
+_ROW0.flags.writeable = False
+_NO_ROWS.flags.writeable = False
+
+
+class _Bucket:
+    """Device buffers, binding and graph id of one padded batch size."""
+
+    __slots__ = ("binding", "contributions", "features", "host", "options", "score")
+
+    def __init__(self, session: ort.InferenceSession, rows: int, width: int, graph_id: int) -> None:
+        self.host = np.zeros((rows, width), dtype=np.float32)
+        self.features = ort.OrtValue.ortvalue_from_numpy(self.host, "cuda", 0)
+        self.score = ort.OrtValue.ortvalue_from_shape_and_type([rows], np.float32, "cuda", 0)
+        self.contributions = ort.OrtValue.ortvalue_from_shape_and_type([rows, width], np.float32, "cuda", 0)
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input("features", self.features)
+        self.binding.bind_ortvalue_output("score", self.score)
+        self.binding.bind_ortvalue_output("contributions", self.contributions)
+        self.options = ort.RunOptions()
+        self.options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+
+def _interp_one(
+    x: float, xp: tuple[float, ...], fp: tuple[float, ...], left: float = 0.0, right: float = 1.0
+) -> float:
+    """``np.interp`` for one value, bit for bit (same search and arithmetic)."""
+    if isnan(x):
+        return x
+    j = bisect_right(xp, x) - 1
+    if j < 0:
+        return left
+    last = len(xp) - 1
+    if j >= last:
+        return fp[last] if x == xp[last] else right
+    if x == xp[j]:
+        return fp[j]
+    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+    y = slope * (x - xp[j]) + fp[j]
+    if isnan(y):
+        y = slope * (x - xp[j + 1]) + fp[j + 1]
+        if isnan(y) and fp[j] == fp[j + 1]:
+            y = fp[j]
+    return y
 _SMALL_TOP_K = 128  # rows up to which one stable argsort beats argpartition + sort (measured, 32 features)
 
 

@@ -45,8 +45,6 @@ from models.ensemble import Ensemble
 from models.zoo import ALGORITHMS
 from stream.core import Scorer
 from stream.synthetic import SyntheticStream
-from training.search import pipeline
-from training.space import default_candidate
 
 N_FEATURES = 32
 N_TRAIN = 10_000
@@ -71,6 +69,9 @@ def _artifact(root: Path, name: str, model: Any, X: np.ndarray, features: list[s
 
 
 def _fit_models(root: Path, X: np.ndarray, names: list[str]) -> dict[str, tuple[Artifact, float]]:
+    from training.search import pipeline
+    from training.space import default_candidate
+
     features = [f"x{j}" for j in range(X.shape[1])]
     out: dict[str, tuple[Artifact, float]] = {}
     for algo in names:
@@ -201,6 +202,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.4, help="time per cell")
     parser.add_argument("--only", default=None, help="comma-separated model names (default: all)")
     parser.add_argument("--no-pyod", action="store_true", help="skip PyOD's native scoring")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="fit and write the artifacts to this folder, then stop")
+    parser.add_argument("--artifacts", type=Path, default=None,
+                        help="score the artifacts of this folder (written by --export) instead of fitting")
     parser.add_argument("--session-grid", action="store_true",
                         help="instead: bare-session rows/s over ORT session options for the chosen models")
     args = parser.parse_args()
@@ -216,11 +221,17 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; {N_FEATURES} features, fitted on {N_TRAIN:,} rows; "
           f"{args.seconds:.1f} s per cell", flush=True)
-    root = Path(tempfile.mkdtemp(prefix="anomstream-core-"))
     t0 = time.perf_counter()
     wanted = args.only.split(",") if args.only else [*ALGORITHMS, "ensemble"]
-    models = _fit_models(root, X_train, wanted)
-    print(f"fitted and exported {len(models)} models in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.artifacts is not None:
+        models = {name: (Artifact.load(args.artifacts / name), 0.0) for name in wanted}
+        print(f"loaded {len(models)} models from {args.artifacts}", flush=True)
+    else:
+        root = args.export or Path(tempfile.mkdtemp(prefix="anomstream-core-"))
+        models = _fit_models(root, X_train, wanted)
+        print(f"fitted and exported {len(models)} models in {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.export is not None:
+            return
     if args.session_grid:
         _session_grid(models, X, args.seconds)
         return
@@ -239,7 +250,10 @@ def main() -> None:
         if has_cuda:
             cuda = ort.InferenceSession(str(art.model_path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
             engines.append(("bare ORT CUDA", lambda b, s=cuda: s.run(None, {"features": b})))
-            engines.append(("core CUDA", Scorer(art, providers="cuda").score))
+            scorer = Scorer(art, providers="cuda")
+            print(f"  {name}: core on CUDA {'replays CUDA graphs' if scorer.cuda_graphs else 'binds per call'}",
+                  flush=True)
+            engines.append(("core CUDA", scorer.score))
         for engine, fn in engines:
             results[(name, engine)] = {b: _time(fn, X, b, args.seconds) for b in BATCHES}
         print(f"  {name} done", flush=True)

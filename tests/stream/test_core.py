@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.registry import Registry
+from models.zoo import ALGORITHMS
 from stream.core import Scorer, choose_providers
 from stream.errors import ScoringError
 from stream.synthetic import SyntheticStream
@@ -60,3 +61,80 @@ def test_nan_is_imputed_in_the_graph(scorer: Scorer) -> None:
     X = np.full((1, 6), np.nan, dtype=np.float32)
     out = scorer.score(X)
     assert np.isfinite(out.raw).all()
+
+
+def test_one_row_path_equals_the_batch_path(scorer: Scorer) -> None:
+    gen = SyntheticStream(n_features=6, seed=11)
+    X, _ = gen.sample(300, anomaly_rate=0.05)
+    X[::7, 2] = gen.mean[2] + 30 * gen.scale[2]  # some far rows: anomalous, graded, explained
+    batch = scorer.score(X)
+    assert batch.anomaly.sum() >= 40
+    pos = {r: i for i, r in enumerate(batch.anomalous_rows.tolist())}
+    for i in range(X.shape[0]):
+        one = scorer.score(X[i : i + 1])
+        assert one.score[0] == batch.score[i]  # bit for bit: same knots, same arithmetic
+        assert one.anomaly[0] == batch.anomaly[i] and one.severity[0] == batch.severity[i]
+        if batch.anomaly[i]:
+            assert one.anomalous_rows.tolist() == [0]
+            assert one.top_features[0].tolist() == batch.top_features[pos[i]].tolist()
+        else:
+            assert one.anomalous_rows.size == 0 and one.top_features.shape == (0, 3)
+
+
+def test_scalar_interpolation_is_numpys_bit_for_bit() -> None:
+    from stream.core import _interp_one
+
+    rng = np.random.default_rng(0)
+    xp = np.unique(rng.gamma(2.0, 1.0, 250))
+    fp = np.sort(rng.uniform(0, 1, xp.size))
+    fp[-1] = 1.0
+    probes = np.concatenate([
+        rng.uniform(xp[0] - 1, xp[-1] + 1, 5000), xp, np.nextafter(xp, np.inf), np.nextafter(xp, -np.inf),
+        [-np.inf, np.inf, np.nan, 0.0],
+    ])
+    want = np.interp(probes, xp, fp, left=0.0, right=1.0)
+    xl, fl = tuple(xp.tolist()), tuple(fp.tolist())
+    got = np.array([_interp_one(float(v), xl, fl) for v in probes])
+    np.testing.assert_array_equal(got, want)
+
+
+def _cuda_or_skip() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA provider (onnxruntime-gpu on a GPU machine)")
+
+
+def _zoo_artifact(root: Path, algorithm: str) -> object:
+    """An artifact of one zoo detector at its defaults, fitted on 2,000 synthetic rows."""
+    from models.artifact import Artifact, Card
+    from models.calibration import Calibration, SeverityScale
+    from models.pipeline import Pipeline
+    from models.preprocessing import Preprocessor
+    from models.zoo import make_detector
+
+    X, _ = SyntheticStream(n_features=6, seed=2).sample(2000, anomaly_rate=0.01)
+    pipe = Pipeline(preprocessor=Preprocessor(scaler="standard"), detector=make_detector(algorithm)).fit(X)
+    features = tuple(f"f{i}" for i in range(6))
+    card = Card(
+        name=algorithm, version=1, features=features, calibration=Calibration.fit(pipe.score_samples(X)),
+        threshold=0.99, severity=SeverityScale.from_threshold(0.99), medians=dict.fromkeys(features, 0.0),
+        detector=pipe.describe(), training={}, metrics={}, parity=0.0,
+    )
+    return Artifact.write(root / algorithm, pipe.to_onnx(list(features)), card)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_cuda_scores_equal_cpu_scores_at_every_bucket(algorithm: str, tmp_path: Path) -> None:
+    _cuda_or_skip()
+    art = _zoo_artifact(tmp_path, algorithm)
+    cpu, cuda = Scorer(art, providers="cpu"), Scorer(art, providers="cuda")  # type: ignore[arg-type]
+    assert cuda.provider == "CUDAExecutionProvider"
+    print(f"{algorithm}: CUDA graphs {cuda.cuda_graphs}")
+    X, _ = SyntheticStream(n_features=6, seed=9).sample(3000, anomaly_rate=0.02)
+    for n in (1, 2, 3, 16, 17, 255, 256, 1000, 3000):  # exact buckets and padded ones
+        for lo in (0, 5):
+            a, b = cpu.score(X[lo : lo + n]), cuda.score(X[lo : lo + n])
+            assert b.raw.shape == (n,) and b.score.shape == (n,)
+            np.testing.assert_allclose(b.raw, a.raw, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a.raw).max())))
+            assert (a.anomaly == b.anomaly).mean() >= 0.99
