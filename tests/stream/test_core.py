@@ -131,7 +131,7 @@ def test_cuda_scores_equal_cpu_scores_at_every_bucket(algorithm: str, tmp_path: 
     cpu, cuda = Scorer(art, providers="cpu"), Scorer(art, providers="cuda")  # type: ignore[arg-type]
     assert cuda.provider == "CUDAExecutionProvider"
     print(f"{algorithm}: CUDA graphs {cuda.cuda_graphs}")
-    X, _ = SyntheticStream(n_features=6, seed=9).sample(3000, anomaly_rate=0.02)
+    X, _ = SyntheticStream(n_features=6, seed=9).sample(3005, anomaly_rate=0.02)
     for n in (1, 2, 3, 16, 17, 255, 256, 1000, 3000):  # exact buckets and padded ones
         for lo in (0, 5):
             a, b = cpu.score(X[lo : lo + n]), cuda.score(X[lo : lo + n])
