@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tests/perf/bench_core.py
+	$(BIN)/python tests/perf/bench_pool.py
 	$(BIN)/python tests/perf/bench_e2e.py
 	$(BIN)/python tests/perf/bench_ws.py
 	$(BIN)/python tests/perf/bench_drift.py
