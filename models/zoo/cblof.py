@@ -11,9 +11,13 @@ from sklearn.cluster import KMeans
 
 from models.detector import Choice, Detector, FloatRange, IntRange, ParamSpec
 from models.onnx_graph import GraphBuilder, row_shares
-from models.zoo.neighbours import ReferenceSet, to_float
+from models.zoo.neighbours import ReferenceSet
 
 __all__ = ["CBLOF"]
+
+# The export moves the rows by the centres' mean first where that mean lies
+# further from the origin than this many times the centres' RMS spread.
+_CENTRE_LIMIT = 4.0
 
 
 def _large_clusters(sizes: NDArray[np.intp], alpha: float, beta: float) -> NDArray[np.bool_]:
@@ -54,9 +58,15 @@ class CBLOF(Detector):
     Contributions: the per-feature squared differences to the centre the
     score measures against, as a share of the squared distance.
 
-    The ONNX export computes the distances to all centres (float64), picks
-    the nearest centre and the nearest large one with ArgMin, and gathers
-    the one that applies.
+    The centre that applies is always the nearest large one (a row whose
+    nearest centre is large is nearest to it among the large ones too), so
+    the ONNX export ranks only the large centres, in float32 with one Gemm
+    (``|c|**2 - 2 x.c``; the row's own ``|x|**2`` does not change the
+    order), gathers the nearest with ArgMin and recomputes the per-feature
+    differences to it exactly; ``use_weights`` adds a Gemm and ArgMin over
+    all centres for the row's cluster.  Rows are first moved by the centres'
+    mean (rounded to float32, an exact move) where it lies further from the
+    origin than 4 times the centres' RMS spread.
 
     Parameters
     ----------
@@ -162,24 +172,57 @@ class CBLOF(Detector):
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
         ref = self.centres_
-        xc = ref.onnx_centred(g, x)
-        x3 = g.node("Unsqueeze", [xc, g.initializer("axes1", np.array([1], dtype=np.int64))])
-        diff = g.node("Sub", [x3, g.initializer("centres", ref.rows)], name_hint="diff")
-        axis2 = g.initializer("axes2", np.array([2], dtype=np.int64))
-        sq = g.node("ReduceSum", [g.node("Mul", [diff, diff]), axis2], keepdims=0, name_hint="sq")
-        label = g.node("ArgMin", [sq], axis=1, keepdims=0, name_hint="label")
-        small_penalty = np.where(self.large_, 0.0, np.inf)
-        masked = g.node("Add", [sq, g.initializer("small_penalty", small_penalty)])
-        nearest_large = g.node("ArgMin", [masked], axis=1, keepdims=0, name_hint="nearest_large")
-        is_large = g.node("Gather", [g.initializer("is_large", self.large_), label], axis=0)
-        target = g.node("Where", [is_large, label, nearest_large], name_hint="target")
-        centre = g.node("Gather", [g.initializer("centres_t", ref.rows), target], axis=0)
-        t_diff = g.node("Sub", [xc, centre], name_hint="target_diff")
-        sq_diff = g.node("Mul", [t_diff, t_diff], name_hint="sq_diff")
-        axis1 = g.initializer("axes1", np.array([1], dtype=np.int64))
-        sq_dist = g.node("ReduceSum", [sq_diff, axis1], keepdims=0)
-        score = g.node("Sqrt", [sq_dist], name_hint="dist")
+        centres = ref.rows + ref.center  # [C, D], float64
+        # Rows far from the origin (compared with the spread of the centres) are
+        # first moved by the centres' mean, rounded to float32 so that the move
+        # is exact; the differences below then stay accurate in float32.
+        origin = np.zeros(centres.shape[1], dtype=np.float32)
+        if float(np.linalg.norm(ref.center)) > _CENTRE_LIMIT * float(np.sqrt(ref.sq_norms.mean())):
+            origin = ref.center.astype(np.float32)
+            x = g.node("Sub", [x, g.initializer("centres_mean", origin)], name_hint="x_centred")
+        centres = centres - origin.astype(np.float64)
+        # The centre a row is scored against is always its nearest large one (a
+        # row whose nearest centre is large is nearest to that one among the
+        # large ones too), ranked by |x - c|^2 less the row's own |x|^2.
+        large = np.flatnonzero(self.large_)
+        rank_w, rank_b = -2.0 * centres.T, (centres**2).sum(axis=1)
+        partial = g.node(
+            "Gemm",
+            [
+                x,
+                g.initializer("large_t", rank_w[:, large].astype(np.float32)),
+                g.initializer("large_sq_norms", rank_b[large].astype(np.float32)[None, :]),
+            ],
+            name_hint="large_partial_sq",
+        )
+        target = g.node("ArgMin", [partial], axis=1, keepdims=0, name_hint="target")
+        centre = g.node(
+            "Gather",
+            [g.initializer("large_centres", centres[large].astype(np.float32)), target],
+            axis=0,
+        )
+        diff = g.node("Sub", [x, centre], name_hint="diff")
+        sq_diff = g.node("Mul", [diff, diff], name_hint="sq_diff")
+        axes = g.initializer("axes1", np.array([1], dtype=np.int64))
+        sq_dist = g.node("ReduceSum", [sq_diff, axes], keepdims=1, name_hint="sq_dist")  # [N, 1]
+        dist = g.node("Sqrt", [sq_dist], name_hint="dist")
         if self.use_weights:
-            shares = g.initializer("cluster_shares", self.cluster_shares_)
-            score = g.node("Mul", [score, g.node("Gather", [shares, label], axis=0)])
-        return to_float(g, score), g.row_shares(to_float(g, sq_diff))
+            all_partial = g.node(
+                "Gemm",
+                [
+                    x,
+                    g.initializer("centres_t", rank_w.astype(np.float32)),
+                    g.initializer("centres_sq_norms", rank_b.astype(np.float32)[None, :]),
+                ],
+                name_hint="partial_sq",
+            )
+            label = g.node("ArgMin", [all_partial], axis=1, keepdims=1, name_hint="label")
+            shares = g.initializer("cluster_shares", self.cluster_shares_.astype(np.float32))
+            dist = g.node(
+                "Mul", [dist, g.node("Gather", [shares, label], axis=0)], name_hint="weighted"
+            )
+        score = g.node("Reshape", [dist, g.initializer("flat", np.array([-1], dtype=np.int64))])
+        # Shares of the squared distance; a row on its centre stays all zero.
+        tiny = g.initializer("tiny", np.array(np.finfo(np.float32).tiny, dtype=np.float32))
+        contributions = g.node("Div", [sq_diff, g.node("Max", [sq_dist, tiny])], name_hint="shares")
+        return score, contributions

@@ -18,8 +18,10 @@ __all__ = ["PCA"]
 # Floor on a component's weight, so a zero-variance component gives a huge
 # but finite score instead of PyOD's inf.
 _MIN_WEIGHT = 1e-12
-_DOUBLE = 11  # onnx TensorProto.DOUBLE
-_FLOAT = 1  # onnx TensorProto.FLOAT
+# The export folds the standardisation into its matrix products; it first
+# moves the rows by the mean where a training mean lies further from zero
+# than this many standard deviations.
+_FOLD_LIMIT = 4.0
 
 
 class PCA(Detector):
@@ -41,8 +43,16 @@ class PCA(Detector):
     shared in proportion to the squared coordinate differences); each row is
     divided by its total.
 
-    The ONNX export works in double precision inside the graph (broadcast
-    ``z - v_k`` over the selected axes) and casts the outputs to float32.
+    The ONNX export works in float32 with matrix products instead of
+    broadcasting ``z - v_k`` over the axes: with the standardisation folded
+    into the constants, ``||z - v_k||**2 = ||z||**2 - 2 z.v_k + 1`` comes
+    from two Gemms, and the contributions from
+    ``c_j = z_j**2 sum_k a_k - 2 z_j (a V)_j + (a V**2)_j`` with
+    ``a_k = 1 / (w_k ||z - v_k|| score)``, three small products over the
+    axes that yield the shares directly (they add up to the score), clipped
+    at 0 against rounding.  Rows are first moved by the training mean
+    (rounded to float32, an exact move) where a mean lies more than 4
+    standard deviations from zero, so the expansions never cancel badly.
 
     Parameters
     ----------
@@ -148,28 +158,56 @@ class PCA(Detector):
         return row_shares((sq * factor).sum(axis=1))
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
-        xd = g.node("Cast", [x], to=_DOUBLE, name_hint="x_double")
-        z = g.node(
-            "Div",
-            [g.node("Sub", [xd, g.initializer("mean", self.mean_)]), g.initializer("scale", self.scale_)],
-            name_hint="z",
+        f32 = np.float32
+        v, inv_w = self.components_, 1.0 / self.weights_
+        k, d = v.shape
+        mean, scale = self.mean_, self.scale_
+        if not self.standardization:
+            mean, scale = np.zeros(d), np.ones(d)
+        elif float(np.max(np.abs(mean) / scale)) > _FOLD_LIMIT:
+            # Far from the origin: move the rows by the mean rounded to float32
+            # (an exact move), so that the expansions below work on values of
+            # the order of the spread and their float32 cancellation stays small.
+            origin = mean.astype(np.float32)
+            x = g.node("Sub", [x, g.initializer("mean", origin)], name_hint="x_centred")
+            mean = mean - origin.astype(np.float64)
+        # In the row's own units the axis points are u_k = mean + scale * v_k and
+        # ||z - v_k||^2 = sum_j (x_j - u_kj)^2 / scale_j^2, expanded into matrix products.
+        u, inv_s2 = mean + scale * v, 1.0 / scale**2  # [K, D], [D]
+        x_sq = g.node("Mul", [x, x], name_hint="x_sq")
+        norms = g.node(
+            "Gemm",
+            [
+                x_sq,
+                g.initializer("inv_scale2", np.repeat(inv_s2[:, None], k, axis=1).astype(f32)),
+                g.initializer("axes_norm2", (u**2 * inv_s2).sum(axis=1).astype(f32)[None, :]),
+            ],
+            name_hint="norms",
         )
-        z3 = g.node("Unsqueeze", [z, g.initializer("axis1", np.array([1], dtype=np.int64))])
-        diff = g.node("Sub", [z3, g.initializer("axes_vectors", self.components_)], name_hint="diff")
-        sq = g.node("Mul", [diff, diff], name_hint="sq")
-        axis2 = g.initializer("axis2", np.array([2], dtype=np.int64))
-        dist = g.node("Sqrt", [g.node("ReduceSum", [sq, axis2], keepdims=1)], name_hint="dist")
-        inv_w = g.initializer("inv_weight", (1.0 / self.weights_)[:, None])  # [K, 1]
-        axes12 = g.initializer("axes12", np.array([1, 2], dtype=np.int64))
-        score = g.node("ReduceSum", [g.node("Mul", [dist, inv_w]), axes12], keepdims=0)
-        # Contribution factor 1 / (w_k * dist_k), 0 where the row sits on v_k.
-        zero = g.initializer("zero_d", np.array(0.0, dtype=np.float64))
-        one = g.initializer("one_d", np.array(1.0, dtype=np.float64))
-        positive = g.node("Greater", [dist, zero])
-        safe = g.node("Where", [positive, dist, one])
-        factor = g.node("Where", [positive, g.node("Div", [inv_w, safe]), zero], name_hint="factor")
-        axis1 = g.initializer("axis1_r", np.array([1], dtype=np.int64))
-        contrib = g.node("ReduceSum", [g.node("Mul", [sq, factor]), axis1], keepdims=0)
-        score_f = g.node("Cast", [score], to=_FLOAT, name_hint="pca_score")
-        contrib_f = g.node("Cast", [contrib], to=_FLOAT, name_hint="pca_terms")
-        return score_f, g.row_shares(contrib_f)
+        cross = g.initializer("axes_m2", (-2.0 * u * inv_s2).T.astype(f32))  # [D, K]
+        # Relu: rounding can take a distance to a point just below zero.
+        sq_dist = g.node("Relu", [g.node("Gemm", [x, cross, norms])], name_hint="sq_dist")
+        dist = g.node("Sqrt", [sq_dist], name_hint="dist")
+        score_col = g.node(
+            "MatMul", [dist, g.initializer("inv_weight", inv_w[:, None].astype(f32))]
+        )
+        score = g.node(
+            "Reshape",
+            [score_col, g.initializer("flat", np.array([-1], dtype=np.int64))],
+            name_hint="pca_score",
+        )
+        # r_k = 1 / (dist_k * score): the contributions below then come out as
+        # shares (they add up to the score); 0 where the row sits on the point.
+        tiny = g.initializer("tiny", np.array(np.finfo(np.float32).tiny, dtype=f32))
+        scaled = g.node("Max", [g.node("Mul", [sq_dist, score_col]), tiny])
+        r = g.node("Div", [dist, scaled], name_hint="inv_dist")
+        # c_j = sum_k r_k/w_k (x_j - u_kj)^2 / scale_j^2
+        #     = x_j (x_j (r M1)_j + (r M2)_j) + (r M3)_j, clipped at 0 (rounding).
+        w = inv_w[:, None] * inv_s2[None, :]  # [K, D]
+        inner = g.node("Mul", [x, g.node("MatMul", [r, g.initializer("share_sq", w.astype(f32))])])
+        inner = g.node("Gemm", [r, g.initializer("share_lin", (-2.0 * w * u).astype(f32)), inner])
+        terms = g.node(
+            "Gemm",
+            [r, g.initializer("share_const", (w * u**2).astype(f32)), g.node("Mul", [inner, x])],
+        )
+        return score, g.node("Relu", [terms], name_hint="pca_terms")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 from pyod.models.cblof import CBLOF as PyodCBLOF
 
+from models.export import onnx_scores
+from models.pipeline import Pipeline
+from models.preprocessing import Preprocessor
 from models.zoo import CBLOF
 
 
@@ -56,3 +61,29 @@ def test_rejects_bad_parameters(X: NDArray[np.float32]) -> None:
         CBLOF(alpha=1.2).fit(X)
     with pytest.raises(ValueError, match=r"n_clusters must be in \[2, 5\].*got 8"):
         CBLOF().fit(X[:5])
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"use_weights": True}, {"n_clusters": 12, "beta": 2.0}],
+)
+def test_onnx_matches_native(X: NDArray[np.float32], params: dict[str, Any], offset: float) -> None:
+    """The float32 graph keeps parity, also on rows far from the origin (moved first)."""
+    rows = (X + offset * np.array([1.0, -2.0, 3.0, 0.5])).astype(np.float32)
+    det = CBLOF(**params)
+    pipe = Pipeline(preprocessor=Preprocessor(scaler="none"), detector=det).fit(rows[200:])
+    assert not det.large_.all()
+    model = pipe.to_onnx([f"f{i}" for i in range(4)])
+    score, contrib = onnx_scores(model, rows[:200])
+    np.testing.assert_allclose(score, pipe.score_samples(rows[:200]), rtol=1e-5)
+    np.testing.assert_allclose(contrib, pipe.contributions(rows[:200]), rtol=0, atol=1e-5)
+
+
+def test_scored_against_the_nearest_large_centre(X: NDArray[np.float32]) -> None:
+    """What the graph relies on: the centre that applies is the nearest large one."""
+    det = CBLOF(n_clusters=12, beta=2.0).fit(X[200:])
+    centres = (det.centres_.rows + det.centres_.center)[det.large_]
+    rows = X[:200].astype(np.float64)
+    nearest_large = np.sqrt(((rows[:, None] - centres) ** 2).sum(axis=2)).min(axis=1)
+    np.testing.assert_allclose(det.score_samples(X[:200]), nearest_large, rtol=1e-9)

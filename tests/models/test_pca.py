@@ -9,6 +9,9 @@ import pytest
 from numpy.typing import NDArray
 from pyod.models.pca import PCA as PyodPCA
 
+from models.export import onnx_scores
+from models.pipeline import Pipeline
+from models.preprocessing import Preprocessor
 from models.zoo.pca import PCA
 
 
@@ -57,3 +60,25 @@ def test_far_feature_ranks_first(X: NDArray[np.float32]) -> None:
 def test_rejects_too_many_selected_components(X: NDArray[np.float32]) -> None:
     with pytest.raises(ValueError, match=r"\[1, 3\].*got 5"):
         PCA(n_components=3, n_selected_components=5).fit(X)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"n_components": 4, "n_selected_components": 2},
+        {"weighted": False, "standardization": False},
+    ],
+)
+def test_onnx_matches_native(X: NDArray[np.float32], params: dict[str, Any], offset: float) -> None:
+    """The float32 graph keeps parity, also on rows far from the origin (moved first)."""
+    rows = (X + offset * np.arange(1, 7)).astype(np.float32)
+    pipe = Pipeline(preprocessor=Preprocessor(scaler="none"), detector=PCA(**params)).fit(rows[:500])
+    model = pipe.to_onnx([f"f{i}" for i in range(6)])
+    score, contrib = onnx_scores(model, rows[500:])
+    native = pipe.score_samples(rows[500:])
+    np.testing.assert_allclose(score, native, rtol=1e-5)
+    np.testing.assert_allclose(contrib, pipe.contributions(rows[500:]), rtol=0, atol=1e-5)
+    assert (contrib >= 0).all()
+    np.testing.assert_allclose(contrib.sum(axis=1), 1.0, rtol=0, atol=1e-5)
