@@ -105,19 +105,16 @@ class KNN(Detector):
         return row_shares(self._neighbours(X).sum(axis=1))
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
-        ref, k = self.reference_, self.n_neighbors
-        sq_diff, _ = ref.onnx_nearest(g, ref.onnx_centred(g, x), k)
-        axis2 = g.initializer("axes2", np.array([2], dtype=np.int64))
-        axis1 = g.initializer("axes1", np.array([1], dtype=np.int64))
-        dist = g.node("Sqrt", [g.node("ReduceSum", [sq_diff, axis2], keepdims=0)], name_hint="dist")
+        k = self.n_neighbors
+        sq_dist, _, per_feature = self.reference_.onnx_nearest(g, x, k)
+        dist = g.node("Sqrt", [sq_dist], name_hint="dist")  # nearest first
         if self.method == "largest":
-            score = g.node("ReduceMax", [dist], axes=[1], keepdims=0, name_hint="knn_score")
+            picked = [k - 1]
         elif self.method == "mean":
-            score = g.node("ReduceMean", [dist], axes=[1], keepdims=0, name_hint="knn_score")
+            picked = list(range(k))
         else:
-            # TopK sorted the neighbours: the median sits in the middle column(s).
-            middle = [(k - 1) // 2, k // 2]
-            picked = g.node("Gather", [dist, g.initializer("middle", np.array(middle))], axis=1)
-            score = g.node("ReduceMean", [picked], axes=[1], keepdims=0, name_hint="knn_score")
-        per_feature = g.node("ReduceSum", [sq_diff, axis1], keepdims=0, name_hint="per_feature")
+            picked = sorted({(k - 1) // 2, k // 2})
+        if len(picked) < k:
+            dist = g.node("Gather", [dist, g.initializer("picked", np.array(picked))], axis=1)
+        score = g.node("ReduceMean", [dist], axes=[1], keepdims=0, name_hint="knn_score")
         return to_float(g, score), g.row_shares(to_float(g, per_feature))

@@ -42,8 +42,10 @@ class LOF(Detector):
     distances.
 
     The ONNX export holds the training rows with their k-distances and
-    densities precomputed: one Gemm and TopK find the neighbours, Gathers
-    fetch their k-distances and densities.
+    densities precomputed: the neighbour search of
+    :mod:`models.zoo.neighbours` (a float32 MatMul and TopKs for candidates,
+    an exact float64 ranking of those) finds the neighbours, Gathers fetch
+    their k-distances and densities.
 
     Parameters
     ----------
@@ -101,10 +103,8 @@ class LOF(Detector):
         return row_shares(sq_diff.sum(axis=1))
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
-        ref = self.reference_
-        sq_diff, index = ref.onnx_nearest(g, ref.onnx_centred(g, x), self.k_)
-        axis2 = g.initializer("axes2", np.array([2], dtype=np.int64))
-        dist = g.node("Sqrt", [g.node("ReduceSum", [sq_diff, axis2], keepdims=0)], name_hint="dist")
+        sq_dist, index, per_feature = self.reference_.onnx_nearest(g, x, self.k_)
+        dist = g.node("Sqrt", [sq_dist], name_hint="dist")
         k_dist = g.node("Gather", [g.initializer("k_distance", self.k_distance_), index], axis=0)
         reach = g.node("Max", [dist, k_dist], name_hint="reach_dist")
         mean_reach = g.node("ReduceMean", [reach], axes=[1], keepdims=0, name_hint="mean_reach")
@@ -113,6 +113,4 @@ class LOF(Detector):
         lrd_nbrs = g.node("Gather", [g.initializer("lrd", self.lrd_), index], axis=0)
         mean_lrd = g.node("ReduceMean", [lrd_nbrs], axes=[1], keepdims=0, name_hint="mean_lrd")
         score = g.node("Mul", [mean_lrd, g.node("Add", [mean_reach, eps])], name_hint="lof_score")
-        axis1 = g.initializer("axes1", np.array([1], dtype=np.int64))
-        per_feature = g.node("ReduceSum", [sq_diff, axis1], keepdims=0, name_hint="per_feature")
         return to_float(g, score), g.row_shares(to_float(g, per_feature))

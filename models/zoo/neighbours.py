@@ -6,19 +6,31 @@ Euclidean distances to them.  This module holds that shared arithmetic:
 
 - :func:`subsample` caps the reference set at ``max_train`` rows, drawn
   without replacement with a fixed seed (0), so graphs stay small and fast;
-- :class:`ReferenceSet` stores the rows centred on their mean in float64
-  (centring keeps ``|x|^2 - 2 x.t + |t|^2`` from cancelling badly) and finds
-  each row's ``k`` nearest reference rows;
-- its ONNX twin does the same with nodes, in float64 as well.
+- :class:`ReferenceSet` keeps the rows as given and centred on their mean,
+  in float64 (centring keeps ``|x|^2 - 2 x.t + |t|^2`` from cancelling
+  badly), and finds each row's ``k`` nearest reference rows;
+- its ONNX twin does the same with nodes.
 
 How the ``k`` nearest rows are found, in both paths: squared distances by
-matrix products pick the candidates, then the per-feature squared
-differences to the chosen rows are recomputed directly.  Those exact
-differences give the distances (no cancellation) and the contributions.
-Natively, ``k + 8`` candidates are kept before the exact re-ranking (ties
-broken by the lower index, as ONNX ``TopK`` does), so a row's neighbours do
-not depend on the other rows of its batch even where BLAS rounds a matrix
-product differently for different batch sizes.
+matrix products pick ``k + 8`` candidates, then the per-feature squared
+differences to the candidates are recomputed exactly in float64 from the
+rows as given.  Those exact differences rank the candidates (ties broken by
+the lower row number), give the distances (no cancellation) and the
+contributions, so a row's neighbours do not depend on the other rows of its
+batch even where a matrix product rounds differently for different batch
+sizes.
+
+The graph finds the candidates in float32: one MatMul of the centred query,
+with a column of ones appended, against ``[-2 T'; |t|^2]`` (the reference
+rows as columns) gives each squared distance less the query's own ``|x|^2``,
+which ranks the rows alike.  The columns are split into groups of 48; the
+``k + 8`` candidates lie within the ``k + 8`` groups of smallest minimum, so
+one TopK runs over the group minima and a second over the chosen groups only
+(entries above the largest chosen minimum lifted just above it, which spares
+TopK most of its heap updates).  Only the ``k + 8`` candidates go on to the
+float64 stage.  Where more than 8 reference rows sit within float32 rounding
+of the ``k``-th distance (e.g. many rows at exactly equal distances), which
+of them are neighbours is not fixed natively either.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ _DOUBLE = 11  # onnx.TensorProto.DOUBLE
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _MARGIN = 8  # extra candidates kept before the exact re-ranking
 _CHUNK_CELLS = 4_000_000  # float64 cells per temporary block (32 MB)
+_GROUP = 48  # reference rows per group in the graph's two-step search
+_FAR = 1e30  # partial squared distance of the padding columns
 
 
 def subsample(X: NDArray[np.float32], max_train: int) -> NDArray[np.float32]:
@@ -55,7 +69,7 @@ def subsample(X: NDArray[np.float32], max_train: int) -> NDArray[np.float32]:
 
 
 class ReferenceSet:
-    """Rows to measure Euclidean distances to, centred on their mean, in float64.
+    """Rows to measure Euclidean distances to, as given and centred on their mean, in float64.
 
     Parameters
     ----------
@@ -75,9 +89,9 @@ class ReferenceSet:
     def __init__(
         self, rows: NDArray[np.floating], center: NDArray[np.floating] | None = None
     ) -> None:
-        rows = np.asarray(rows, dtype=np.float64)
-        self.center = rows.mean(axis=0) if center is None else np.asarray(center, np.float64)
-        self.rows = np.ascontiguousarray(rows - self.center)
+        self.raw = np.array(rows, dtype=np.float64)
+        self.center = self.raw.mean(axis=0) if center is None else np.asarray(center, np.float64)
+        self.rows = np.ascontiguousarray(self.raw - self.center)
         self.sq_norms = (self.rows**2).sum(axis=1)
 
     def __len__(self) -> int:
@@ -115,7 +129,9 @@ class ReferenceSet:
         index : ndarray of intp, shape (N, k)
             The neighbours' row numbers; ties go to the lower number.
         """
-        Xc = self.centred(X)
+        X64 = np.asarray(X, dtype=np.float64)
+        Xc = X64 - self.center
+        raw = self._raw()
         n, m = Xc.shape[0], len(self)
         kk = min(k + _MARGIN, m - int(exclude_self))
         sq_diff = np.empty((n, k, Xc.shape[1]), dtype=np.float64)
@@ -127,7 +143,7 @@ class ReferenceSet:
             if exclude_self:
                 approx[np.arange(hi - lo), np.arange(lo, hi)] = np.inf
             cand = np.argpartition(approx, kk - 1, axis=1)[:, :kk]
-            diff = (Xc[lo:hi, None, :] - self.rows[cand]) ** 2
+            diff = (X64[lo:hi, None, :] - raw[cand]) ** 2
             exact = diff.sum(axis=2)
             order = np.lexsort((cand, exact), axis=1)[:, :k]
             index[lo:hi] = np.take_along_axis(cand, order, axis=1)
@@ -164,27 +180,125 @@ class ReferenceSet:
         axes = g.initializer("axes1", np.array([1], dtype=np.int64))
         return g.node("ReduceSum", [g.node("Mul", [xc, xc]), axes], keepdims=1, name_hint="x_sq")
 
-    def onnx_nearest(self, g: GraphBuilder, xc: str, k: int) -> tuple[str, str]:
-        """Nodes for :meth:`nearest` of centred ``xc``.
+    def onnx_nearest(self, g: GraphBuilder, x: str, k: int) -> tuple[str, str, str]:
+        """Nodes for :meth:`nearest` of the float32 queries ``x`` (not centred).
 
-        Returns the names of ``sq_diff`` [N, k, D] and ``index`` [N, k] (int64).
+        Returns the names of the squared distances [N, k] (float64, nearest
+        first), the neighbours' row numbers [N, k] (int64) and the per-feature
+        squared differences summed over the ``k`` neighbours [N, D] (float64).
         """
-        _, index = g.node(
+        kk = min(k + _MARGIN, len(self))
+        cand = self._onnx_candidates(g, x, kk)
+        if kk > 1:  # ascending row numbers, so that exact ties go to the lower number
+            cand, _ = g.node(
+                "TopK",
+                [cand, _int64(g, "n_candidates", [kk])],
+                n_outputs=2,
+                axis=1,
+                largest=0,
+                sorted=1,
+                name_hint="candidates_in_order",
+            )
+        # Exact float64 differences to the candidates, as natively.
+        rows = g.node("Gather", [g.initializer("ref_raw", self._raw()), cand], axis=0)
+        x64 = g.node("Cast", [x], to=_DOUBLE, name_hint="x64")
+        x3 = g.node("Unsqueeze", [x64, _int64(g, "axes1", [1])])
+        diff = g.node("Sub", [x3, rows], name_hint="diff")
+        sq_diff = g.node("Mul", [diff, diff], name_hint="sq_diff")
+        sq = g.node(
+            "ReduceSum", [sq_diff, _int64(g, "axes2", [2])], keepdims=0, name_hint="sq_dist"
+        )
+        sq_k, pos = g.node(
             "TopK",
-            [
-                self.onnx_partial_sq_distances(g, xc),
-                g.initializer("k", np.array([k], dtype=np.int64)),
-            ],
+            [sq, _int64(g, "k", [k])],
             n_outputs=2,
             axis=1,
             largest=0,
             sorted=1,
             name_hint="nearest",
         )
-        rows = g.node("Gather", [g.initializer("ref_rows", self.rows), index], axis=0)
-        x3 = g.node("Unsqueeze", [xc, g.initializer("axes1", np.array([1], dtype=np.int64))])
-        diff = g.node("Sub", [x3, rows], name_hint="diff")
-        return g.node("Mul", [diff, diff], name_hint="sq_diff"), index
+        index = g.node("GatherElements", [cand, pos], axis=1, name_hint="index")
+        # Per-feature sums over the k chosen candidates: a 0/1 weight per candidate, one MatMul.
+        hit = g.node(
+            "Equal",
+            [
+                g.node("Unsqueeze", [pos, _int64(g, "axes2", [2])]),
+                _int64(g, "positions", list(range(kk))),
+            ],
+        )
+        onehot = g.node("Cast", [hit], to=_DOUBLE)
+        weight = g.node(
+            "ReduceSum", [onehot, _int64(g, "axes1", [1])], keepdims=1, name_hint="chosen"
+        )
+        summed = g.node("MatMul", [weight, sq_diff])
+        per_feature = g.node("Squeeze", [summed, _int64(g, "axes1", [1])], name_hint="per_feature")
+        return sq_k, index, per_feature
+
+    def _raw(self) -> NDArray[np.float64]:
+        """The rows as given (rebuilt from the centred ones for sets pickled without them)."""
+        return np.asarray(
+            self.rows + self.center if getattr(self, "raw", None) is None else self.raw
+        )
+
+    def _onnx_candidates(self, g: GraphBuilder, x: str, kk: int) -> str:
+        """Nodes for the ``kk`` rows [N, kk] nearest ``x`` by float32 matrix products, in no order."""
+        m, d = self.rows.shape
+        size, groups = _GROUP, -(-m // _GROUP)
+        grouped = groups >= 2 * kk
+        width = groups * size if grouped else m
+        center = self.center.astype(np.float32)
+        rows = self._raw() - center.astype(np.float64)
+        weights = np.zeros((d + 1, width))
+        weights[:d, :m] = -2.0 * rows.T
+        weights[d, :m] = (rows**2).sum(axis=1)
+        weights[d, m:] = _FAR
+        xc = g.node("Sub", [x, g.initializer("center32", center)], name_hint="x_centred")
+        one = g.initializer("one32", np.array(1.0, dtype=np.float32))
+        xa = g.node("Pad", [xc, _int64(g, "pad_one", [0, 0, 0, 1]), one], name_hint="x_one")
+        partial = g.node(
+            "MatMul",
+            [xa, g.initializer("ref_weights", weights.astype(np.float32))],
+            name_hint="partial_sq",
+        )
+        kk_t = _int64(g, "n_candidates", [kk])
+        if not grouped:
+            _, cand = g.node("TopK", [partial, kk_t], n_outputs=2, axis=1, largest=0, sorted=0)
+            return cand
+        p3 = g.node("Reshape", [partial, _int64(g, "group_shape", [0, groups, size])])
+        mins = g.node("ReduceMin", [p3], axes=[2], keepdims=0, name_hint="group_min")
+        g_min, gid = g.node("TopK", [mins, kk_t], n_outputs=2, axis=1, largest=0, sorted=0)
+        picked = g.node(
+            "GatherND", [p3, g.node("Unsqueeze", [gid, _int64(g, "axes2", [2])])], batch_dims=1
+        )
+        values = g.node("Reshape", [picked, _int64(g, "picked_shape", [0, kk * size])])
+        # At least kk values lie at or below the largest chosen group minimum:
+        # lift the rest just above it, so the TopK below rarely updates its heap.
+        values = g.node(
+            "Min", [values, _just_above(g, g.node("ReduceMax", [g_min], axes=[1], keepdims=1))]
+        )
+        _, pos = g.node("TopK", [values, kk_t], n_outputs=2, axis=1, largest=0, sorted=0)
+        size_t = _int64(g, "group_size", size)
+        group = g.node("GatherElements", [gid, g.node("Div", [pos, size_t])], axis=1)
+        return g.node(
+            "Add",
+            [g.node("Mul", [group, size_t]), g.node("Mod", [pos, size_t])],
+            name_hint="candidates",
+        )
+
+
+def _just_above(g: GraphBuilder, tau: str) -> str:
+    """``tau`` (float32) nudged up by about two units in the last place, never onto ``tau``."""
+    lift = g.node(
+        "Mul", [g.node("Abs", [tau]), g.initializer("ulp2", np.array(2.0**-22, dtype=np.float32))]
+    )
+    return g.node(
+        "Add",
+        [tau, g.node("Add", [lift, g.initializer("tiny", np.array(1e-30, dtype=np.float32))])],
+    )
+
+
+def _int64(g: GraphBuilder, hint: str, values: list[int] | int) -> str:
+    return g.initializer(hint, np.array(values, dtype=np.int64))
 
 
 def to_float(g: GraphBuilder, x: str) -> str:

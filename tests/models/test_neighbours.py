@@ -8,7 +8,7 @@ import pytest
 from numpy.typing import NDArray
 
 from models.detector import Detector
-from models.export import check_parity
+from models.export import check_parity, onnx_scores
 from models.pipeline import Pipeline
 from models.preprocessing import Preprocessor
 from models.zoo import CBLOF, KNN, LOF, OCSVM
@@ -73,3 +73,24 @@ def test_graph_is_small_and_loop_free(cls: type[Detector], X: NDArray[np.float32
     # A batch of 2,000 rows in one call, parity included.
     rng = np.random.default_rng(1)
     assert check_parity(pipe, model, rng.normal(size=(2000, 6)).astype(np.float32) * 2) >= 0.0
+
+
+@pytest.mark.parametrize("cls", [KNN, LOF], ids=lambda c: c.algorithm)
+@pytest.mark.parametrize("kind", ["gaussian", "integers", "duplicates"])
+def test_graph_search_in_groups_matches_native(cls: type[Detector], kind: str) -> None:
+    """Enough training rows for the graph's grouped float32 search; ties and duplicates included."""
+    rng = np.random.default_rng(4)
+    if kind == "gaussian":
+        X = rng.normal(size=(3400, 6)).astype(np.float32)
+    elif kind == "integers":  # robust scaling keeps them exact: equal distances abound
+        X = rng.integers(1, 41, size=(3400, 6)).astype(np.float32)
+    else:
+        X = np.repeat(rng.normal(size=(170, 6)), 20, axis=0).astype(np.float32)
+    scaler = "robust" if kind == "integers" else "standard"
+    pipe = Pipeline(preprocessor=Preprocessor(scaler=scaler), detector=cls()).fit(X[:3000])
+    model = pipe.to_onnx([f"f{i}" for i in range(6)])
+    rows = np.vstack([X[2900:], rng.normal(size=(100, 6)).astype(np.float32) * 3])
+    assert check_parity(pipe, model, rows) >= 0.0
+    together = onnx_scores(model, rows)[0]
+    alone = np.concatenate([onnx_scores(model, rows[i : i + 1])[0] for i in range(0, len(rows), 7)])
+    np.testing.assert_array_equal(alone, together[::7])
