@@ -20,6 +20,13 @@ directly, skipping ``InferenceSession.run``'s per-call input validation
 severity (bisect over the knots, the same arithmetic as ``np.interp``), which
 saves the fixed cost of four numpy calls on the cheapest graphs.
 
+Contributions are only read for alerting rows (the top three per anomaly),
+so where the graph's contributions are separate work from its score
+(IForest's credit forest, the neighbour detectors' per-feature distances, an
+ensemble's members) the core asks the graph for the score alone and, when a
+batch has anomalies, for the contributions of those rows in a second call;
+which way pays is timed once at load (``contributions="auto"``).
+
 On CUDA the session runs through IO bindings to buffers allocated once on the
 device per *shape bucket* (the batch rounded up to a power of two, padded rows
 scored and dropped; rows are scored independently, so padding changes
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import isnan
 from time import perf_counter
@@ -112,9 +120,19 @@ class Scorer:
     providers : {"auto", "cpu", "cuda"}
     threads : int
         Intra-op threads; 0 picks 1 on the CPU (see module docstring).
+    contributions : {"auto", "all", "alerting"}
+        ``all`` runs the whole graph on every batch; ``alerting`` asks the
+        graph for scores alone and for contributions of the alerting rows
+        only, in a second call; ``auto`` times both once at load and picks
+        ``alerting`` where the score alone costs at most 3/4 of the whole
+        graph.  Results are the same either way (rows score independently of
+        their batch).  On CUDA the whole graph always runs.
     """
 
-    def __init__(self, artifact: Artifact, *, providers: ProviderChoice = "auto", threads: int = 0) -> None:
+    def __init__(
+        self, artifact: Artifact, *, providers: ProviderChoice = "auto", threads: int = 0,
+        contributions: Literal["auto", "all", "alerting"] = "auto",
+    ) -> None:
         self.artifact = artifact
         self.card: Card = artifact.card
         self.ref = self.card.ref
@@ -160,6 +178,9 @@ class Scorer:
             anomalous_rows=np.empty(0, dtype=np.intp), top_features=self._no_idx,
             top_shares=self._no_shares, inference_s=0.0,
         )
+        self._split = self._binding is None and (
+            contributions == "alerting" or (contributions == "auto" and self._score_alone_pays())
+        )
         warm = np.zeros((1, len(self.features)), dtype=np.float32)
         for _ in range(3 if self._cuda_graphs else 1):  # CUDA graphs are captured after a first plain run
             self.score(warm)
@@ -167,6 +188,31 @@ class Scorer:
             "model %s loaded from %s on %s%s", self.ref, artifact.path, self.provider,
             " with CUDA graphs" if self._cuda_graphs else "",
         )
+
+    def _score_alone_pays(self) -> bool:
+        """Whether running the score alone, and contributions for alerting rows only, is cheaper.
+
+        Timed once at load on a batch of training medians: graphs whose
+        contributions are separate work (IForest's credit forest, the
+        neighbours' per-feature distances, an ensemble's members) qualify;
+        graphs whose score is the sum of the contributions do not.
+        """
+        med = np.array([self.card.medians.get(f, 0.0) for f in self.features], dtype=np.float32)
+        X = np.ascontiguousarray(np.broadcast_to(med, (_SPLIT_PROBE_ROWS, self._width)))
+        try:
+            t_score = _best_of(lambda: self._run_c(_SCORE, {"features": X}, None))
+            t_full = _best_of(lambda: self._run_c(_OUTPUTS, {"features": X}, None))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
+            raise ScoringError(f"model {self.ref!r}: {' '.join(str(exc).split())}") from None
+        split = t_score <= _SPLIT_GAIN * t_full
+        log.debug("model %s: score alone %.0f µs, with contributions %.0f µs per %d rows: split=%s",
+                  self.ref, t_score * 1e6, t_full * 1e6, _SPLIT_PROBE_ROWS, split)
+        return split
+
+    @property
+    def contributions_on_demand(self) -> bool:
+        """Whether contributions are computed only for alerting rows (see :meth:`_score_alone_pays`)."""
+        return self._split
 
     def _bind_session(self) -> None:
         # The C session's run skips InferenceSession.run's per-call input validation
@@ -224,10 +270,14 @@ class Scorer:
         if not X.shape[0]:
             return self._empty
         t0 = perf_counter()
-        raw, contrib = self._run(X)
+        contrib: NDArray[np.float32] | None
+        if self._split:
+            raw, contrib = self._run_c(_SCORE, {"features": X}, None)[0], None
+        else:
+            raw, contrib = self._run(X)
         elapsed = perf_counter() - t0
         if X.shape[0] == 1:
-            return self._score_one(raw, contrib, elapsed)
+            return self._score_one(X, raw, contrib, elapsed)
         score = self.calibrate(raw)
         anomaly = score >= self.threshold
         if self._cuts[0] >= self.threshold:
@@ -240,7 +290,13 @@ class Scorer:
             severity = np.searchsorted(self._cuts, score, side="right").astype(np.int8)
             rows = anomaly.nonzero()[0]
         if rows.size:
-            idx, shares = _top_k(contrib[rows], self._top_k)
+            if contrib is None:
+                t0 = perf_counter()
+                picked = self._run_c(_CONTRIBUTIONS, {"features": X[rows]}, None)[0]
+                elapsed += perf_counter() - t0
+            else:
+                picked = contrib[rows]
+            idx, shares = _top_k(picked, self._top_k)
         else:
             idx, shares = self._no_idx, self._no_shares
         return ScoredBatch(
@@ -248,12 +304,18 @@ class Scorer:
             top_features=idx, top_shares=shares, inference_s=elapsed,
         )
 
-    def _score_one(self, raw: NDArray[np.float32], contrib: NDArray[np.float32], elapsed: float) -> ScoredBatch:
+    def _score_one(
+        self, X: NDArray[np.float32], raw: NDArray[np.float32], contrib: NDArray[np.float32] | None, elapsed: float
+    ) -> ScoredBatch:
         """One row: the same results as the vectorised path, in plain Python."""
         s = _interp_one(float(raw[0]), *self._cal_list)
         sev = bisect_right(self._cuts_list, s)
         if s >= self.threshold:
             rows = _ROW0
+            if contrib is None:
+                t0 = perf_counter()
+                contrib = self._run_c(_CONTRIBUTIONS, {"features": X}, None)[0]
+                elapsed += perf_counter() - t0
             idx, shares = _top_k(contrib, self._top_k)
         else:
             rows, idx, shares = _NO_ROWS, self._no_idx, self._no_shares
@@ -307,6 +369,10 @@ class Scorer:
 
 
 _OUTPUTS = ["score", "contributions"]
+_SCORE = ["score"]
+_CONTRIBUTIONS = ["contributions"]
+_SPLIT_PROBE_ROWS = 256
+_SPLIT_GAIN = 0.75  # split when the score alone costs at most this share of the whole graph
 _ROW0 = np.zeros(1, dtype=np.intp)
 _NO_ROWS = np.empty(0, dtype=np.intp)
 _ROW0.flags.writeable = False
@@ -329,6 +395,15 @@ class _Bucket:
         self.binding.bind_ortvalue_output("contributions", self.contributions)
         self.options = ort.RunOptions()
         self.options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+
+def _best_of(fn: Callable[[], object], repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = perf_counter()
+        fn()
+        best = min(best, perf_counter() - t0)
+    return best
 
 
 def _interp_one(

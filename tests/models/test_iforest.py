@@ -41,12 +41,22 @@ def test_ranks_match_pyod(X: NDArray[np.float32]) -> None:
     np.testing.assert_allclose(ours - theirs, -pyod.detector_.offset_, rtol=0, atol=1e-12)
 
 
-def test_graph_is_one_tree_ensemble(X: NDArray[np.float32]) -> None:
+def test_graph_is_a_score_forest_and_a_credit_forest(X: NDArray[np.float32]) -> None:
+    import onnxruntime as ort
+
     pipe = Pipeline(preprocessor=Preprocessor(), detector=IForest(n_estimators=30)).fit(X)
-    model = onnx.load_from_string(pipe.to_onnx([f"f{i}" for i in range(X.shape[1])]))
+    blob = pipe.to_onnx([f"f{i}" for i in range(X.shape[1])])
+    model = onnx.load_from_string(blob)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("TreeEnsembleRegressor") == 1
+    assert ops.count("TreeEnsembleRegressor") == 2
     assert len(ops) < 20
+    targets = sorted(a.i for n in model.graph.node if n.op_type == "TreeEnsembleRegressor"
+                     for a in n.attribute if a.name == "n_targets")
+    assert targets == [1, X.shape[1]]
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    alone = sess.run(["score"], {"features": X[:50]})[0]
+    both = sess.run(["score", "contributions"], {"features": X[:50]})[0]
+    np.testing.assert_array_equal(alone, both)
 
 
 def test_parity_with_feature_subsampling(X: NDArray[np.float32]) -> None:

@@ -138,3 +138,27 @@ def test_cuda_scores_equal_cpu_scores_at_every_bucket(algorithm: str, tmp_path: 
             assert b.raw.shape == (n,) and b.score.shape == (n,)
             np.testing.assert_allclose(b.raw, a.raw, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a.raw).max())))
             assert (a.anomaly == b.anomaly).mean() >= 0.99
+
+
+def test_contributions_for_alerting_rows_only_equal_the_whole_graph(registry: Path) -> None:
+    import onnxruntime as ort
+
+    art = Registry(registry).load("default")
+    gen = SyntheticStream(n_features=6, seed=21)
+    X, _ = gen.sample(500, anomaly_rate=0.05)
+    X[::9, 3] = gen.mean[3] + 25 * gen.scale[3]
+    full = ort.InferenceSession(str(art.model_path), providers=["CPUExecutionProvider"])
+    contrib = full.run(["contributions"], {"features": X})[0]
+    whole, alerting = Scorer(art, providers="cpu", contributions="all"), Scorer(art, providers="cpu", contributions="alerting")
+    assert not whole.contributions_on_demand and alerting.contributions_on_demand
+    for n in (1, 7, 500):
+        for i in range(0, 500 - n + 1, max(n, 50)):
+            a, b = whole.score(X[i : i + n]), alerting.score(X[i : i + n])
+            np.testing.assert_array_equal(a.raw, b.raw)
+            np.testing.assert_array_equal(a.anomalous_rows, b.anomalous_rows)
+            np.testing.assert_array_equal(a.top_features, b.top_features)
+            np.testing.assert_allclose(a.top_shares, b.top_shares, rtol=1e-6, atol=1e-7)
+            rows = i + a.anomalous_rows
+            want = np.argsort(-contrib[rows], axis=1, kind="stable")[:, :3]
+            np.testing.assert_array_equal(a.top_features, want)
+    assert whole.score(X).anomaly.sum() >= 50
