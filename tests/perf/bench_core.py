@@ -246,7 +246,10 @@ def main() -> None:
         opts.intra_op_num_threads = 1
         bare = ort.InferenceSession(str(art.model_path), opts, providers=["CPUExecutionProvider"])
         engines.append(("bare ORT", lambda b, s=bare: s.run(None, {"features": b})))
-        engines.append(("core", Scorer(art, providers="cpu").score))
+        core = Scorer(art, providers="cpu")
+        if core.contributions_on_demand:
+            print(f"  {name}: core asks for scores alone, contributions for alerting rows only", flush=True)
+        engines.append(("core", core.score))
         if has_cuda:
             cuda = ort.InferenceSession(str(art.model_path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
             engines.append(("bare ORT CUDA", lambda b, s=cuda: s.run(None, {"features": b})))
