@@ -83,6 +83,7 @@ def choose_providers(choice: ProviderChoice) -> list[str]:
     if choice == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in available:
+        _preload_cuda()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if choice == "cuda":
         raise ScoringError(
@@ -90,6 +91,22 @@ def choose_providers(choice: ProviderChoice) -> list[str]:
             f"(available: {', '.join(available)}); install the 'gpu' extra (onnxruntime-gpu)"
         )
     return ["CPUExecutionProvider"]
+
+
+_cuda_loaded = False
+
+
+def _preload_cuda() -> None:
+    """Load the CUDA and cuDNN runtimes from the nvidia pip packages, once.
+
+    onnxruntime-gpu's ``cuda``/``cudnn`` extras install them as wheels, which the
+    dynamic loader does not search; ``preload_dlls`` finds them (a no-op where
+    the libraries are on the loader's path already).
+    """
+    global _cuda_loaded  # once per process
+    if not _cuda_loaded and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    _cuda_loaded = True
 
 
 @dataclass(slots=True)  # not frozen: a frozen init costs 1 µs per batch, a quarter of the core's overhead
@@ -148,6 +165,11 @@ class Scorer:
             self._cuda_graphs = False
             self._session = self._open(chosen, cuda_graph=False)
         self.provider = self._session.get_providers()[0]
+        if providers == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise ScoringError(
+                "inference.providers is 'cuda' but the CUDA provider did not load (see onnxruntime's log: "
+                "the CUDA and cuDNN runtimes must match the onnxruntime-gpu build)"
+            )
         inputs = self._session.get_inputs()
         if [i.name for i in inputs] != ["features"]:
             raise ScoringError(f"{artifact.model_path}: expected one input 'features', got {[i.name for i in inputs]}")
