@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,7 +12,7 @@ from numpy.typing import NDArray
 from models.detector import Detector, FloatRange, IntRange, ParamSpec
 from models.onnx_graph import GraphBuilder, row_shares
 
-__all__ = ["HBOS"]
+__all__ = ["HBOS", "StepGrid", "count_below"]
 
 
 def _float32_at_least(value: NDArray[np.float64]) -> NDArray[np.float32]:
@@ -52,9 +53,16 @@ class HBOS(Detector):
     in every feature's densest bin has no excess anywhere and gets equal
     shares ``1 / D``.
 
-    The ONNX export finds the bin arithmetically (``ceil((x - e_0) / w)``,
-    clipped), corrects it by one step against the stored edges so that it
-    equals ``np.digitize`` exactly, then gathers the score from a table.
+    The ONNX export counts, per feature, the limits below the value (the
+    ``tol`` limits and the edges) with a :class:`StepGrid`: one scaling to a
+    uniform grid, one lookup of the grid cell's limit and an exact comparison,
+    so it equals ``np.digitize`` on every float32 value.  One ``GatherElements``
+    then reads each feature's excess from a [cells, D] table; the score is
+    their sum plus the sum of the best cases, the contributions their row
+    shares (``LpNormalization``).  A zero excess is stored as ``1e-30``, which
+    gives the all-densest row its equal shares and moves no other share by
+    more than ``1e-30`` relative.  Limits too unevenly spaced for a grid
+    (``tol`` far below 0.01) are compared one by one instead.
 
     Parameters
     ----------
@@ -140,67 +148,139 @@ class HBOS(Detector):
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
         n_bins, d = self.n_bins, self.n_features_in_
-        e = self.edges_
-        # Bin count: how many edges are < x (0 .. n_bins + 1), as np.digitize(right=True).
-        e0 = g.initializer("first_edge", e[0].astype(np.float32))
-        inv_w = g.initializer("inv_width", (n_bins / (e[-1] - e[0])).astype(np.float32))
-        t = g.node("Mul", [g.node("Sub", [x, e0]), inv_w], name_hint="bin_position")
-        t = g.node(
-            "Clip",
-            [
-                t,
-                g.initializer("t_low", np.array(0.0, dtype=np.float32)),
-                g.initializer("t_high", np.array(n_bins + 1.0, dtype=np.float32)),
-            ],
-            name_hint="bin_position_clipped",
-        )
-        c = g.node("Cast", [g.node("Ceil", [t])], to=7, name_hint="bin_guess")  # 7 = INT64
-        # One correction step each way against the stored edges, padded with -inf/+inf:
-        # c is right when ext[c] < x <= ext[c + 1].
-        width = n_bins + 3
-        ext = np.full((d, width), np.inf, dtype=np.float32)
-        ext[:, 0] = -np.inf
-        ext[:, 1 : n_bins + 2] = e.T.astype(np.float32)
-        flat_ext = g.initializer("edges_padded", ext.ravel())
-        offset = g.initializer("edge_offset", np.arange(d, dtype=np.int64) * width)
-        one = g.initializer("one_i64", np.array(1, dtype=np.int64))
-        zero = g.initializer("zero_i64", np.array(0, dtype=np.int64))
-        top = g.initializer("top_bin", np.array(n_bins + 1, dtype=np.int64))
-        low_edge = g.node("Gather", [flat_ext, g.node("Add", [c, offset])], axis=0)
-        too_high = g.node("Cast", [g.node("GreaterOrEqual", [low_edge, x])], to=7)
-        c = g.node("Max", [g.node("Sub", [c, too_high]), zero], name_hint="bin_down")
-        high_edge = g.node("Gather", [flat_ext, g.node("Add", [g.node("Add", [c, offset]), one])], axis=0)
-        too_low = g.node("Cast", [g.node("Less", [high_edge, x])], to=7)
-        c = g.node("Min", [g.node("Add", [c, too_low]), top], name_hint="bin_count")
-        # Table slot: 0 far below, 1 near below, 2 .. n_bins + 1 the bins, n_bins + 2 near
-        # above, n_bins + 3 far above.
-        low = g.initializer("low_limit", _float32_at_least(self.low_limit_))
-        high = g.initializer("high_limit", _float32_at_most(self.high_limit_))
-        far_low = g.node("Cast", [g.node("Less", [x, low])], to=7)
-        far_high = g.node("Cast", [g.node("Greater", [x, high])], to=7)
-        slot = g.node("Sub", [g.node("Add", [g.node("Add", [c, one]), far_high]), far_low])
-        slots = n_bins + 4
-        table = np.empty((d, slots), dtype=np.float64)
-        table[:, 0] = table[:, -1] = self.far_score_
-        table[:, 1] = self.bin_scores_[0]
-        table[:, 2 : n_bins + 2] = self.bin_scores_.T
-        table[:, n_bins + 2] = self.bin_scores_[-1]
-        slot_offset = g.initializer("slot_offset", np.arange(d, dtype=np.int64) * slots)
-        idx = g.node("Add", [slot, slot_offset], name_hint="slot_index")
+        # Slot = how many of these are < x: 0 far below, 1 near below, 2 .. n_bins + 1 the
+        # bins (np.digitize(right=True) on the edges), n_bins + 2 near above, n_bins + 3 far above.
+        thresholds = np.empty((n_bins + 3, d), dtype=np.float32)
+        thresholds[0] = np.nextafter(_float32_at_least(self.low_limit_), np.float32(-np.inf))
+        thresholds[1 : n_bins + 2] = _float32_at_most(self.edges_)
+        thresholds[-1] = _float32_at_most(self.high_limit_)
+        slot_scores = np.empty((n_bins + 4, d), dtype=np.float64)
+        slot_scores[0] = slot_scores[-1] = self.far_score_
+        slot_scores[1] = self.bin_scores_[0]
+        slot_scores[2 : n_bins + 2] = self.bin_scores_
+        slot_scores[n_bins + 2] = self.bin_scores_[-1]
+        # Excess over the feature's densest bin; a zero excess is floored at a negligible
+        # epsilon so every row has a positive total (all-densest rows get 1 / D each).
+        excess = (slot_scores - self.best_score_).astype(np.float32)
+        excess[excess < _EXCESS_FLOOR] = _EXCESS_FLOOR
+        grid = StepGrid.fit(thresholds)
+        if grid is None:  # thresholds too unevenly spaced for a grid: compare with each
+            idx = count_below(g.node, g.initializer, x, thresholds)
+            table = excess
+        else:
+            idx = grid.index(g.node, g.initializer, x)
+            table = np.take_along_axis(excess, grid.count_table(), axis=0)
         terms = g.node(
-            "Gather", [g.initializer("bin_scores", table.astype(np.float32).ravel()), idx], axis=0
+            "GatherElements", [g.initializer("hbos_excess", table), idx], axis=0, name_hint="hbos_excess"
         )
-        excess_table = table - self.best_score_[:, None]
-        excess = g.node(
-            "Gather",
-            [g.initializer("bin_excess", excess_table.astype(np.float32).ravel()), idx],
-            axis=0,
-            name_hint="excess",
-        )
-        axes = g.initializer("axes1", np.array([1], dtype=np.int64))
-        score = g.node("ReduceSum", [terms, axes], keepdims=0, name_hint="hbos_score")
-        total = g.node("ReduceSum", [excess, axes], keepdims=1, name_hint="excess_total")
-        positive = g.node("Greater", [total, g.initializer("zero_f", np.array(0.0, dtype=np.float32))])
-        uniform = g.initializer("uniform", np.full((1, d), 1.0 / d, dtype=np.float32))
-        shares = g.node("Where", [positive, g.row_shares(excess), uniform], name_hint="hbos_shares")
+        total = g.node("ReduceSum", [terms, g.initializer("axes1", np.array([1], dtype=np.int64))], keepdims=0)
+        best = np.array(self.best_score_.sum(), dtype=np.float32)
+        score = g.node("Add", [total, g.initializer("hbos_best_total", best)], name_hint="hbos_score")
+        shares = g.node("LpNormalization", [terms], axis=1, p=1, name_hint="hbos_shares")
         return score, shares
+
+
+_EXCESS_FLOOR = np.float32(1e-30)
+_INT32 = 6  # onnx TensorProto.INT32
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """Count the thresholds below a value with one arithmetic step and one lookup.
+
+    Each column ``j`` of sorted ``thresholds`` [K, M] gets a uniform grid
+    ``t = (z - shift_j) * scale_j`` (``scale_j`` a power of two, so the product
+    is exact and ``t`` is monotone in ``z``), truncated to a cell index.  The
+    grid is fine enough that each cell holds at most one distinct threshold,
+    which the plan checks by computing the cells of the thresholds exactly as
+    the graph does.  A value in cell ``c`` then has ``count_table[c]``
+    thresholds in lower cells for sure, plus the cell's own ones exactly when it
+    is above the cell's threshold: ``count = count_table[c + (z > cell_threshold[c])]``.
+    The comparison is exact, so the count equals ``(thresholds < z).sum()``
+    for every value of the dtype, on the edges and at infinity included.
+    """
+
+    shift: NDArray[np.floating]  # [M], the dtype of the thresholds
+    scale: NDArray[np.floating]  # [M], powers of two
+    cells: NDArray[np.int64]  # [K, M], the cell of each threshold
+    n_cells: int
+    thresholds: NDArray[np.floating]  # [K, M]
+
+    @classmethod
+    def fit(cls, thresholds: NDArray[np.floating], *, max_cells: int = 1 << 14) -> StepGrid | None:
+        """The grid for ``thresholds`` [K, M] (columns non-decreasing), or None past ``max_cells``."""
+        dtype = thresholds.dtype.type
+        info = np.finfo(dtype)
+        k, m = thresholds.shape
+        shift = thresholds[0].copy()
+        scale = np.ones(m, dtype=dtype)
+        cells = np.zeros((k, m), dtype=np.int64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for j in range(m):
+                col = thresholds[:, j]
+                distinct = np.unique(col)
+                if distinct.size == 1:
+                    continue
+                gap = float(np.min(np.diff(distinct.astype(np.float64))))
+                p = max(int(np.ceil(-np.log2(gap))) if gap > 0 else info.maxexp, info.minexp + 1)
+                while True:
+                    if p >= info.maxexp:
+                        return None
+                    s = dtype(2.0**p)
+                    prod, bias = col * s, -shift[j] * s
+                    t = prod + bias  # as the graph: Mul (exact) then Add
+                    exact = np.all(prod / s == col) and bias / s == -shift[j]
+                    if not (exact and np.all(np.isfinite(t)) and t[-1] < max_cells):
+                        return None
+                    c = t.astype(np.int64)
+                    c_distinct = c[np.searchsorted(col, distinct)]
+                    if np.all(np.diff(c_distinct) > 0):
+                        break
+                    p += 1
+                scale[j], cells[:, j] = s, c
+        return cls(shift=shift, scale=scale, cells=cells, n_cells=int(cells.max()) + 1, thresholds=thresholds)
+
+    def count_table(self) -> NDArray[np.int64]:
+        """[n_cells + 1, M]: how many thresholds lie in cells below each index."""
+        idx = np.arange(self.n_cells + 1)[:, None, None]
+        return np.asarray((self.cells[None] < idx).sum(axis=1), dtype=np.int64)
+
+    def threshold_table(self) -> NDArray[np.floating]:
+        """[n_cells, M]: each cell's threshold (+inf in a cell without one)."""
+        table = np.full((self.n_cells, self.cells.shape[1]), np.inf, dtype=self.thresholds.dtype)
+        np.put_along_axis(table, self.cells, self.thresholds, axis=0)
+        return table
+
+    def index(self, node: Callable[..., str], init: Callable[[str, NDArray[Any]], str], z: str) -> str:
+        """Nodes giving ``c + (z > cell_threshold[c])`` (int32, [N, M]) for ``z`` [N, M]: index ``count_table``."""
+        dtype = self.thresholds.dtype
+        # z * scale + bias as a Mul and an Add: the scale is a power of two, so the product is
+        # exact and the one rounding is the Add's, as in the export-time check.  (A
+        # BatchNormalization does the same in one node on the CPU, but cuDNN raises its
+        # epsilon to 1e-5, which would move the cells on CUDA.)
+        t = node(
+            "Add",
+            [
+                node("Mul", [z, init("grid_scale", self.scale)], name_hint="grid_scaled"),
+                init("grid_bias", -self.shift * self.scale),
+            ],
+            name_hint="grid_position",
+        )
+        t = node(
+            "Clip",
+            [t, init("grid_low", np.array(0, dtype=dtype)), init("grid_high", np.array(self.n_cells - 1, dtype=dtype))],
+            name_hint="grid_position_clipped",
+        )
+        cell = node("Cast", [t], to=_INT32, name_hint="grid_cell")
+        edge = node("GatherElements", [init("grid_thresholds", self.threshold_table()), cell], axis=0, name_hint="grid_edge")
+        above = node("Cast", [node("Less", [edge, z], name_hint="grid_above")], to=_INT32, name_hint="grid_step")
+        return node("Add", [cell, above], name_hint="grid_index")
+
+
+def count_below(
+    node: Callable[..., str], init: Callable[[str, NDArray[Any]], str], z: str, thresholds: NDArray[np.floating]
+) -> str:
+    """Nodes giving ``(thresholds < z).sum()`` per column (int32, [N, M]) by comparing with each threshold."""
+    z3 = node("Unsqueeze", [z, init("axis1", np.array([1], dtype=np.int64))], name_hint="z_rows")
+    below = node("Cast", [node("Less", [init("thresholds", thresholds), z3])], to=_INT32, name_hint="below")
+    return node("ReduceSum", [below, init("axes1", np.array([1], dtype=np.int64))], keepdims=0, name_hint="count")

@@ -6,17 +6,20 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+import onnx
 from numpy.typing import NDArray
 from sklearn.utils import check_random_state
 
 from models.detector import Detector, IntRange, ParamSpec
 from models.onnx_graph import GraphBuilder, row_shares, rowwise_matmul
+from models.zoo.hbos import StepGrid, count_below
 
 __all__ = ["LODA"]
 
 _DOUBLE = 11  # onnx TensorProto.DOUBLE
 _FLOAT = 1  # onnx TensorProto.FLOAT
-_INT64 = 7  # onnx TensorProto.INT64
+_INT32 = 6  # onnx TensorProto.INT32
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class LODA(Detector):
@@ -40,9 +43,19 @@ class LODA(Detector):
     the shares are summed over the projections and each row divided by its
     total.  A row equal to ``mu`` on every used feature has none (all zero).
 
-    The ONNX export projects with a double-precision ``MatMul``, finds each
-    bin by comparing with the stored bin limits (broadcast ``Greater`` and a
-    sum, exact like ``np.searchsorted``) and gathers ``-log h`` from a table.
+    Values beyond the float32 range (+-inf) count as the largest finite
+    float32, natively and in ONNX.
+
+    The ONNX export computes every projection in bin units with one
+    double-precision ``Gemm`` and truncates it to the bin.  That is the native
+    bin (``np.searchsorted`` on the native, feature-by-feature projection)
+    unless a position lies within a proven rounding margin of a bin limit;
+    then (an ``If``) the batch is projected exactly as natively, each product
+    by a ``MatMul`` with one weight per column and the products added in
+    feature order, and the bins found exactly by a :class:`~models.zoo.hbos.StepGrid`.
+    So the bins, hence the scores, never depend on the batch.  ``-log h`` is
+    then read with one ``GatherElements``; the contributions use two float32
+    ``MatMul`` and ``LpNormalization``.
 
     Parameters
     ----------
@@ -110,7 +123,7 @@ class LODA(Detector):
 
     def _terms(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         """Each projection's score term, [N, n_random_cuts]."""
-        projected = rowwise_matmul(X.astype(np.float64), self.projections_.T)
+        projected = rowwise_matmul(_finite(X), self.projections_.T)
         terms = np.empty(projected.shape)
         for i in range(self.n_random_cuts):
             bins = np.searchsorted(self.limits_[i], projected[:, i], side="left")
@@ -121,7 +134,7 @@ class LODA(Detector):
         return np.asarray(self._terms(X).sum(axis=1), dtype=np.float64)
 
     def _contributions(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
-        dev = np.abs(X.astype(np.float64) - self.mean_)  # [N, D]
+        dev = np.abs(_finite(X) - self.mean_)  # [N, D]
         weights = np.abs(self.projections_)  # [C, D]
         denom = rowwise_matmul(dev, weights.T)  # [N, C]
         ratio = np.zeros_like(denom)
@@ -129,49 +142,162 @@ class LODA(Detector):
         return row_shares(dev * rowwise_matmul(ratio, weights))
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
-        cuts, n_bins = self.n_random_cuts, self.n_bins
-        xd = g.node("Cast", [x], to=_DOUBLE, name_hint="x_double")
-        # The projection is accumulated feature by feature, in the native order
-        # (rowwise_matmul), so both land in the same histogram bin bit for bit:
-        # a MatMul's other summation order can move a value across a bin edge.
-        d = self.projections_.shape[1]
-        columns = [xd] if d == 1 else g.node("Split", [xd], n_outputs=d, axis=1, name_hint="x_col")
-        projected = ""
-        for j, col in enumerate(columns):
-            w = g.initializer(f"projection_{j}", self.projections_[:, j].copy())
-            term = g.node("Mul", [col, w], name_hint="projected_term")
-            projected = term if j == 0 else g.node("Add", [projected, term], name_hint="projected")
-        # Bin = how many inner limits are < the projection (np.searchsorted side="left").
-        p3 = g.node("Unsqueeze", [projected, g.initializer("axis2", np.array([2], dtype=np.int64))])
-        above = g.node("Greater", [p3, g.initializer("limits", self.limits_)], name_hint="above")
-        bins = g.node(
-            "ReduceSum",
-            [g.node("Cast", [above], to=_INT64), g.initializer("axes2", np.array([2], dtype=np.int64))],
-            keepdims=0,
-            name_hint="bins",
+        n_bins = self.n_bins
+        w = self.projections_  # [C, D]
+        d = w.shape[1]
+        limits = self.limits_  # [C, n_bins - 1]
+        finite = g.node(
+            "Clip",
+            [x, g.initializer("f32_lowest", np.array(-_F32_MAX, dtype=np.float32)),
+             g.initializer("f32_max", np.array(_F32_MAX, dtype=np.float32))],
+            name_hint="x_finite",
         )
-        offset = g.initializer("bin_offset", np.arange(cuts, dtype=np.int64) * n_bins)
-        terms = g.node(
-            "Gather",
-            [g.initializer("neg_log", self.neg_log_.ravel()), g.node("Add", [bins, offset])],
-            axis=0,
-            name_hint="terms",
+        xd = g.node("Cast", [finite], to=_DOUBLE, name_hint="x_double")
+        # Fast bins: one Gemm gives each projection in bin units, t = (w . x - a) * r,
+        # with the inner limits near the integers 1 .. n_bins - 1.
+        a, r = _bin_units(limits)
+        t = g.node(
+            "Gemm",
+            [xd, g.initializer("bin_weights", (w * r[:, None]).T.copy()), g.initializer("bin_bias", -a * r)],
+            name_hint="bin_position",
         )
-        axes1 = g.initializer("axes1", np.array([1], dtype=np.int64))
-        score = g.node("ReduceSum", [terms, axes1], keepdims=0)
-        # Contributions: dev * ((terms / (dev @ |W|^T)) @ |W|).
-        dev = g.node("Abs", [g.node("Sub", [xd, g.initializer("mean", self.mean_)])], name_hint="dev")
-        weights = np.abs(self.projections_)
-        denom = g.node("MatMul", [dev, g.initializer("abs_w_t", weights.T.copy())], name_hint="denom")
-        zero = g.initializer("zero_d", np.array(0.0, dtype=np.float64))
-        one = g.initializer("one_d", np.array(1.0, dtype=np.float64))
-        positive = g.node("Greater", [denom, zero])
-        ratio = g.node(
-            "Where",
-            [positive, g.node("Div", [terms, g.node("Where", [positive, denom, one])]), zero],
-            name_hint="ratio",
+        t = g.node(
+            "Clip",
+            [t, g.initializer("bin_low", np.array(0.5)), g.initializer("bin_high", np.array(n_bins - 0.5))],
+            name_hint="bin_position_clipped",
         )
+        fast = g.node("Cast", [t], to=_INT32, name_hint="bins_fast")
+        # They are the native bins unless a position lies within the rounding margin
+        # of an integer: then the batch takes the exact projection.
+        frac = g.node("Sub", [t, g.node("Cast", [fast], to=_DOUBLE)], name_hint="bin_fraction")
+        scale_bound, fixed_bound = _margin(w, limits, a, r)
+        l1 = g.node("ReduceL1", [xd], keepdims=0, name_hint="x_l1")
+        margin = g.node(
+            "Add",
+            [g.node("Mul", [l1, g.initializer("margin_scale", np.array(scale_bound))]),
+             g.initializer("margin_fixed", np.array(fixed_bound))],
+            name_hint="bin_margin",
+        )
+        low = g.node("LessOrEqual", [g.node("ReduceMin", [frac], keepdims=0), margin])
+        high = g.node(
+            "GreaterOrEqual",
+            [g.node("ReduceMax", [frac], keepdims=0),
+             g.node("Sub", [g.initializer("one_d", np.array(1.0)), margin])],
+        )
+        near = g.node("Or", [low, high], name_hint="near_limit")
+        neg_log = self.neg_log_.T.astype(np.float32)  # [n_bins, C]
+        then_branch, else_branch = self._branches(g, xd, fast, neg_log)
+        terms = g.node("If", [near], then_branch=then_branch, else_branch=else_branch, name_hint="terms")
+        score = g.node(
+            "ReduceSum", [terms, g.initializer("axes1", np.array([1], dtype=np.int64))], keepdims=0, name_hint="loda_score"
+        )
+        # Contributions: dev * ((terms / (dev @ |W|^T)) @ |W|); the deviation from the
+        # mean is taken in float64 (uncentred data), the rest in float32.
+        centred = g.node(
+            "BatchNormalization",
+            [
+                xd,
+                g.initializer("ones_d", np.ones(d)),
+                g.initializer("neg_mean", -self.mean_),
+                g.initializer("zeros_d", np.zeros(d)),
+                g.initializer("ones_d", np.ones(d)),
+            ],
+            epsilon=0.0,
+            name_hint="centred",
+        )
+        dev = g.node("Cast", [g.node("Abs", [centred])], to=_FLOAT, name_hint="dev")
+        weights = np.abs(w).astype(np.float32)
+        # A projection with no deviation on its features (denominator 0) gets a huge ratio
+        # that only meets zero deviations below, so it adds nothing, as natively.
+        denom = g.node(
+            "Gemm",
+            [dev, g.initializer("abs_w_t", weights.T.copy()), g.initializer("tiny", np.array(1e-30, dtype=np.float32))],
+            name_hint="denom",
+        )
+        ratio = g.node("Div", [terms, denom], name_hint="ratio")
         spread = g.node("MatMul", [ratio, g.initializer("abs_w", weights)], name_hint="spread")
-        contrib = g.node("Cast", [g.node("Mul", [dev, spread])], to=_FLOAT, name_hint="loda_terms")
-        score_f = g.node("Cast", [score], to=_FLOAT, name_hint="loda_score")
-        return score_f, g.row_shares(contrib)
+        shares = g.node("LpNormalization", [g.node("Mul", [dev, spread])], axis=1, p=1, name_hint="loda_shares")
+        return score, shares
+
+    def _branches(
+        self, g: GraphBuilder, xd: str, fast: str, neg_log: NDArray[np.float32]
+    ) -> tuple[onnx.GraphProto, onnx.GraphProto]:
+        """The If branches giving the terms [N, C]: from the projection accumulated as natively, or the fast bins."""
+        w = self.projections_
+        cuts, d = w.shape
+        # Slot s of cut i: its s-th used feature (ascending), weighted; a MatMul with one
+        # non-zero per column is the rounded product exactly, whatever its summation order.
+        used = [np.flatnonzero(w[i]) for i in range(cuts)]
+        slots = max(1, max(len(u) for u in used))
+        one_hot = np.zeros((slots, d, cuts))
+        for i, u in enumerate(used):
+            one_hot[np.arange(len(u)), u, i] = w[i, u]
+        names = [g.initializer("exact_projection_slot", one_hot[s]) for s in range(slots)]
+        # Tensors of the branches are named after that initializer, unique in the model.
+        prefix = f"{names[0]}__"
+        nodes: list[onnx.NodeProto] = []
+
+        def node(op_type: str, inputs: list[str], *, name_hint: str | None = None, **attrs: Any) -> str:
+            out = f"{prefix}{len(nodes)}_{name_hint or op_type.lower()}"
+            nodes.append(onnx.helper.make_node(op_type, inputs, [out], name=f"{out}_node", **attrs))
+            return out
+
+        projected = ""
+        for s, name in enumerate(names):
+            term = node("MatMul", [xd, name], name_hint="slot_product")
+            projected = term if s == 0 else node("Add", [projected, term], name_hint="projected")
+        thresholds = self.limits_.T.copy()  # [n_bins - 1, C]
+        grid = StepGrid.fit(thresholds)
+        if grid is None:
+            idx = count_below(node, g.initializer, projected, thresholds)
+            table = neg_log
+        else:
+            idx = grid.index(node, g.initializer, projected)
+            table = np.take_along_axis(neg_log, grid.count_table(), axis=0)
+        exact = node("GatherElements", [g.initializer("exact_neg_log", table), idx], axis=0, name_hint="terms")
+        exact_graph = onnx.helper.make_graph(
+            nodes, f"{prefix}exact", [], [onnx.helper.make_tensor_value_info(exact, _FLOAT, None)]
+        )
+        nodes = []
+        kept = node("GatherElements", [g.initializer("neg_log", neg_log), fast], axis=0, name_hint="terms")
+        fast_graph = onnx.helper.make_graph(
+            nodes, f"{prefix}fast", [], [onnx.helper.make_tensor_value_info(kept, _FLOAT, None)]
+        )
+        return exact_graph, fast_graph
+
+
+def _finite(X: NDArray[np.float32]) -> NDArray[np.float64]:
+    """``X`` in float64 with +-inf at the largest finite float32, as the graph clips it."""
+    return np.clip(X.astype(np.float64), -_F32_MAX, _F32_MAX)
+
+
+def _bin_units(limits: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per cut ``a, r`` with ``(limit_k - a) * r`` close to ``k`` for the stored limits ``k = 1 ..``."""
+    first, last = limits[:, 0], limits[:, -1]
+    n_inner = limits.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (n_inner - 1) / (last - first) if n_inner > 1 else np.full(first.shape, np.nan)
+    bad = ~(np.isfinite(r) & (r > 0))
+    r[bad] = 1.0 / (1.0 + np.abs(first[bad]))
+    return first - 1.0 / r, r
+
+
+def _margin(
+    w: NDArray[np.float64], limits: NDArray[np.float64], a: NDArray[np.float64], r: NDArray[np.float64]
+) -> tuple[float, float]:
+    """``(A, B)``: the fast bin is the native one when its position is more than ``A * ||X||_1 + B`` from an integer.
+
+    Both projections err by at most ``(2D + 3) u (S + |a|) r`` in bin units
+    (``u = 2**-53``, ``S = sum_j |w_j x_j| <= max_j |w_j| ||x||_1``): the native
+    one accumulates ``D`` rounded products, the Gemm ``D + 1`` terms with rounded
+    weights and bias.  The inner limits sit within ``e`` of their integers.
+    """
+    u = 2.0**-53
+    d = w.shape[1]
+    k = np.arange(1, limits.shape[1] + 1)
+    position = (limits - a[:, None]) * r[:, None]
+    e = np.abs(position - k) + 4 * u * ((np.abs(limits) + np.abs(a)[:, None]) * r[:, None] + k)
+    slack = 2.0 * (2 * d + 4) * u
+    scale_bound = slack * float(np.max(np.abs(w).max(axis=1) * r))
+    fixed_bound = float(np.max(slack * np.abs(a) * r + e.max(axis=1)))
+    return scale_bound, fixed_bound

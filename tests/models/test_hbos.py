@@ -1,16 +1,18 @@
-"""HBOS against PyOD, its contributions, and its ONNX bin arithmetic on the edges."""
+"""HBOS against PyOD, its contributions, and its ONNX bin lookup on the edges."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from numpy.typing import NDArray
 from pyod.models.hbos import HBOS as PyodHBOS
 
-from models.export import check_parity
+from models.export import check_parity, onnx_scores
+from models.onnx_graph import GraphBuilder
 from models.pipeline import Pipeline
 from models.preprocessing import Preprocessor
-from models.zoo.hbos import HBOS
+from models.zoo.hbos import HBOS, StepGrid
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +71,60 @@ def test_parity_on_edges_and_limits(X: NDArray[np.float32]) -> None:
     np.testing.assert_allclose(det.score_samples(rows[finite]), pyod, rtol=1e-12)
     pipe = Pipeline(preprocessor=Preprocessor(), detector=HBOS()).fit(X)
     assert check_parity(pipe, pipe.to_onnx(["a", "b", "c", "d"]), rows) <= 1e-4
+
+
+@pytest.mark.parametrize(("n_bins", "tol"), [(10, 0.5), (50, 0.01), (10, 1e-6)])
+def test_onnx_counts_limits_exactly(X: NDArray[np.float32], n_bins: int, tol: float) -> None:
+    """Every limit, one ulp either side and +-inf, on the grid path and (tiny tol) the one-by-one path."""
+    det = HBOS(n_bins=n_bins, tol=tol).fit(X)
+    limits = np.vstack(
+        [det.edges_.astype(np.float32), det.low_limit_.astype(np.float32), det.high_limit_.astype(np.float32)]
+    )
+    rows = np.vstack(
+        [
+            limits,
+            np.nextafter(limits, np.float32(np.inf)),
+            np.nextafter(limits, np.float32(-np.inf)),
+            np.full((1, X.shape[1]), np.inf, dtype=np.float32),
+            np.full((1, X.shape[1]), -np.inf, dtype=np.float32),
+            X[:50],
+        ]
+    )
+    g = GraphBuilder()
+    score, shares = det.onnx_graph(g, "features")
+    model = g.build("features", X.shape[1], {"score": score, "contributions": shares}).SerializeToString()
+    onnx_score, onnx_shares = onnx_scores(model, rows)
+    np.testing.assert_allclose(onnx_score, det.score_samples(rows), rtol=1e-6, atol=1e-5)
+    finite = np.isfinite(rows).all(axis=1)
+    np.testing.assert_allclose(onnx_shares[finite], det.contributions(rows[finite]), atol=1e-6)
+
+
+def test_step_grid_matches_counting() -> None:
+    rng = np.random.default_rng(2)
+    thresholds = (np.cumsum(rng.uniform(0.1, 1.0, size=(12, 5)), axis=0) - 3.0).astype(np.float32)
+    thresholds[3:6, 1] = thresholds[3, 1]  # repeated limits count together
+    thresholds[:, 2] = np.float32(1000.0) + np.arange(12, dtype=np.float32) * np.float32(2**-14)  # a few ulps apart
+    grid = StepGrid.fit(thresholds)
+    assert grid is not None
+    z = np.vstack(
+        [
+            thresholds,
+            np.nextafter(thresholds, np.float32(np.inf)),
+            np.nextafter(thresholds, np.float32(-np.inf)),
+            rng.normal(size=(200, 5)).astype(np.float32),
+            np.full((1, 5), np.inf, dtype=np.float32),
+            np.full((1, 5), -np.inf, dtype=np.float32),
+        ]
+    )
+    g = GraphBuilder()
+    idx = grid.index(g.node, g.initializer, "features")
+    counts = g.node("GatherElements", [g.initializer("counts", grid.count_table().astype(np.float32)), idx], axis=0)
+    model = g.build("features", 5, {"contributions": counts}).SerializeToString()
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    (got,) = sess.run(["contributions"], {"features": z})
+    np.testing.assert_array_equal(got, (thresholds[None] < z[:, None]).sum(axis=1))
+
+
+def test_step_grid_declines_crowded_limits() -> None:
+    thresholds = np.array([[0.0], [1e-6], [1.0]], dtype=np.float32)
+    assert StepGrid.fit(thresholds) is None
