@@ -60,7 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from math import isnan
 from time import perf_counter
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -200,9 +200,14 @@ class Scorer:
             anomalous_rows=np.empty(0, dtype=np.intp), top_features=self._no_idx,
             top_shares=self._no_shares, inference_s=0.0,
         )
-        self._split = self._binding is None and (
-            contributions == "alerting" or (contributions == "auto" and self._score_alone_pays())
-        )
+        self._score_c: Callable[..., list[NDArray[np.float32]]] | None = None
+        if self._binding is None and contributions != "all":
+            # onnxruntime runs every node of a graph whatever the outputs asked for, so the
+            # score alone runs in a second session on the graph pruned to the score's nodes.
+            pruned, smaller = self._open_score_only()
+            if contributions == "alerting" or (smaller and self._score_alone_pays(pruned)):
+                self._score_c = getattr(pruned, "_sess", pruned).run
+        self._split = self._score_c is not None
         warm = np.zeros((1, len(self.features)), dtype=np.float32)
         for _ in range(3 if self._cuda_graphs else 1):  # CUDA graphs are captured after a first plain run
             self.score(warm)
@@ -211,8 +216,41 @@ class Scorer:
             " with CUDA graphs" if self._cuda_graphs else "",
         )
 
-    def _score_alone_pays(self) -> bool:
-        """Whether running the score alone, and contributions for alerting rows only, is cheaper.
+    def _open_score_only(self) -> tuple[ort.InferenceSession, bool]:
+        """A session on the graph pruned to what ``score`` needs, and whether it lost any node."""
+        import onnx  # load time only
+
+        model = onnx.load(str(self.artifact.model_path))
+        graph = model.graph
+        before = len(graph.node)
+        needed, kept = {"score"}, []
+        for node in reversed(graph.node):
+            if needed.intersection(node.output):
+                kept.append(node)
+                needed.update(_inputs_of(node))
+        del graph.node[:]
+        graph.node.extend(reversed(kept))
+        outputs = [o for o in graph.output if o.name == "score"]
+        del graph.output[:]
+        graph.output.extend(outputs)
+        inits = [t for t in graph.initializer if t.name in needed]
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+        smaller = len(kept) < before
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
+            raise ScoringError(f"model {self.ref!r}: score-only graph: {' '.join(str(exc).split())}") from None
+        return session, smaller
+
+    def _score_alone_pays(self, pruned: ort.InferenceSession) -> bool:
+        """Whether the score alone, plus contributions for alerting rows only, is cheaper.
 
         Timed once at load on a batch of training medians: graphs whose
         contributions are separate work (IForest's credit forest, the
@@ -221,8 +259,9 @@ class Scorer:
         """
         med = np.array([self.card.medians.get(f, 0.0) for f in self.features], dtype=np.float32)
         X = np.ascontiguousarray(np.broadcast_to(med, (_SPLIT_PROBE_ROWS, self._width)))
+        run_score = getattr(pruned, "_sess", pruned).run
         try:
-            t_score = _best_of(lambda: self._run_c(_SCORE, {"features": X}, None))
+            t_score = _best_of(lambda: run_score(_SCORE, {"features": X}, None))
             t_full = _best_of(lambda: self._run_c(_OUTPUTS, {"features": X}, None))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
             raise ScoringError(f"model {self.ref!r}: {' '.join(str(exc).split())}") from None
@@ -293,8 +332,8 @@ class Scorer:
             return self._empty
         t0 = perf_counter()
         contrib: NDArray[np.float32] | None
-        if self._split:
-            raw, contrib = self._run_c(_SCORE, {"features": X}, None)[0], None
+        if self._score_c is not None:
+            raw, contrib = self._score_c(_SCORE, {"features": X}, None)[0], None
         else:
             raw, contrib = self._run(X)
         elapsed = perf_counter() - t0
@@ -417,6 +456,16 @@ class _Bucket:
         self.binding.bind_ortvalue_output("contributions", self.contributions)
         self.options = ort.RunOptions()
         self.options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+
+def _inputs_of(node: Any) -> set[str]:
+    """Every tensor a node reads, the outer-scope names its subgraphs (If, Loop, Scan) read included."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for inner in sub.node:
+                names |= _inputs_of(inner)
+    return names
 
 
 def _best_of(fn: Callable[[], object], repeat: int = 5) -> float:

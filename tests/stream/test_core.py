@@ -162,3 +162,19 @@ def test_contributions_for_alerting_rows_only_equal_the_whole_graph(registry: Pa
             want = np.argsort(-contrib[rows], axis=1, kind="stable")[:, :3]
             np.testing.assert_array_equal(a.top_features, want)
     assert whole.score(X).anomaly.sum() >= 50
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_score_only_graph_gives_the_same_results_for_every_zoo_graph(algorithm: str, tmp_path: Path) -> None:
+    art = _zoo_artifact(tmp_path, algorithm)
+    whole = Scorer(art, providers="cpu", contributions="all")  # type: ignore[arg-type]
+    alerting = Scorer(art, providers="cpu", contributions="alerting")  # type: ignore[arg-type]
+    gen = SyntheticStream(n_features=6, seed=4)
+    X, _ = gen.sample(400, anomaly_rate=0.05)
+    X[::11, 1] = gen.mean[1] + 20 * gen.scale[1]
+    for n in (1, 33, 400):
+        a, b = whole.score(X[:n]), alerting.score(X[:n])
+        np.testing.assert_array_equal(a.raw, b.raw)
+        np.testing.assert_array_equal(a.anomalous_rows, b.anomalous_rows)
+        np.testing.assert_allclose(a.top_shares, b.top_shares, rtol=1e-5, atol=1e-6)
+    assert whole.score(X).anomaly.sum() >= 30
