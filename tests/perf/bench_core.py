@@ -5,7 +5,9 @@ For each detector of :data:`models.zoo.ALGORITHMS` and one ensemble
 4096 rows:
 
 * PyOD's native ``decision_function`` on a PyOD model of the same kind fitted
-  on the same rows (PyOD's ECOD and COPOD re-fit their ECDFs on train + batch
+  on the same rows, with its BLAS/OpenMP/torch thread pools held at one
+  thread like the core (and, in a second table at batch 256, at its default
+  threads against the core at two) (PyOD's ECOD and COPOD re-fit their ECDFs on train + batch
   at every call, which is part of their cost; the ensemble's PyOD row calls
   three PyOD models one after the other);
 * a bare ``onnxruntime.InferenceSession.run`` on the exported graph (CPU,
@@ -32,7 +34,8 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +239,8 @@ def main() -> None:
         _session_grid(models, X, args.seconds)
         return
     results: dict[tuple[str, str], dict[int, Cell]] = {}
+    pyod_default: dict[str, Cell] = {}
+    core_two: dict[str, Cell] = {}
     for name in wanted:
         art, _fit_s = models[name]
         engines: list[tuple[str, Callable[[np.ndarray], Any]]] = []
@@ -258,7 +263,14 @@ def main() -> None:
                   flush=True)
             engines.append(("core CUDA", scorer.score))
         for engine, fn in engines:
-            results[(name, engine)] = {b: _time(fn, X, b, args.seconds) for b in BATCHES}
+            if engine == "PyOD":
+                with _threads(1):  # the core runs one intra-op thread; PyOD's BLAS/OpenMP/torch pools alike
+                    results[(name, engine)] = {b: _time(fn, X, b, args.seconds) for b in BATCHES}
+                # and at its defaults (both cores) against the core at two threads, batch 256
+                pyod_default[name] = _time(fn, X, 256, args.seconds)
+                core_two[name] = _time(Scorer(art, providers="cpu", threads=2).score, X, 256, args.seconds)
+            else:
+                results[(name, engine)] = {b: _time(fn, X, b, args.seconds) for b in BATCHES}
         print(f"  {name} done", flush=True)
     hst = _river(X_train, X, args.seconds)
     if hst is not None:
@@ -299,7 +311,34 @@ def main() -> None:
     if hst is not None:
         print("\nriver HST is per event (no batching): core / river at batch 256: " + ", ".join(
             f"{n} {results[(n, 'core')][256][0] / hst[256][0]:.0f}×" for n in wanted))
+    if pyod_default:
+        print(f"\nbatch 256 with both cores: PyOD at its default threads (BLAS/OpenMP/torch: {os.cpu_count()}) "
+              "against the core at inference.threads = 2\n")
+        print("| model | PyOD rows/s | core rows/s | core / PyOD |")
+        print("|---|---|---|---|")
+        for name, cell in pyod_default.items():
+            print(f"| {name} | {cell[0]:,.0f} | {core_two[name][0]:,.0f} | {core_two[name][0] / cell[0]:.1f}× |")
     print("\nbelow target: " + ("; ".join(missed) if missed else "none"))
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """BLAS and OpenMP pools (threadpoolctl) and torch's intra-op pool at ``n`` threads."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import torch
+    except ImportError:
+        torch = None  # type: ignore[assignment]
+    before = torch.get_num_threads() if torch is not None else 0
+    with threadpool_limits(limits=n):
+        if torch is not None:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(before)
 
 
 def _ms(v: float) -> str:
