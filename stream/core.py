@@ -58,6 +58,7 @@ import logging
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from math import isnan
 from time import perf_counter
 from typing import Any, Literal
@@ -509,12 +510,26 @@ _SMALL_TOP_K = 128  # rows up to which one stable argsort beats argpartition + s
 
 def _top_k(c: NDArray[np.float32], k: int) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
     """Column indices and values of the ``k`` largest entries per row, largest first."""
-    m = c.shape[0]
-    r = np.arange(m)[:, None]
-    if m <= _SMALL_TOP_K or c.shape[1] <= k:
+    m, d = c.shape
+    if m <= _SMALL_TOP_K or d <= k:
         idx = np.argsort(-c, axis=1, kind="stable")[:, :k]
-        return idx, c[r, idx]
+        return idx, np.ascontiguousarray(c).ravel()[idx + _row_starts(m, d)]
+    r = np.arange(m)[:, None]
     part = np.argpartition(c, -k, axis=1)[:, -k:]
     shares = c[r, part]
     order = np.argsort(-shares, axis=1, kind="stable")
     return part[r, order], shares[r, order]
+
+
+@lru_cache(maxsize=64)
+def _row_starts_all(d: int) -> NDArray[np.intp]:
+    starts = np.arange(_SMALL_TOP_K, dtype=np.intp)[:, None] * d
+    starts.flags.writeable = False
+    return starts
+
+
+def _row_starts(m: int, d: int) -> NDArray[np.intp]:
+    """Flat offsets of the first ``m`` rows of a row-major [m, d] array (cached)."""
+    if m <= _SMALL_TOP_K:
+        return _row_starts_all(d)[:m]
+    return np.arange(m, dtype=np.intp)[:, None] * d
