@@ -185,6 +185,7 @@ class Scorer:
         cal = self.card.calibration
         self._cal_x = np.asarray(cal.raw, dtype=np.float64)
         self._cal_y = np.asarray(cal.calibrated, dtype=np.float64)
+        self._lookup = cal.lookup() if len(cal.raw) > 1 else None
         sev = self.card.severity
         self._cuts = np.array([sev.low, sev.medium, sev.high, sev.critical], dtype=np.float64)
         self.threshold = self.card.threshold
@@ -327,6 +328,8 @@ class Scorer:
         """Raw scores → calibrated scores in [0, 1]."""
         if self._cal_x.size == 1:
             return np.where(np.asarray(raw, dtype=np.float64) > self._cal_x[0], 1.0, 0.0)
+        if raw.shape[0] >= _LOOKUP_ROWS and self._lookup is not None:
+            return self._lookup(raw)
         out: NDArray[np.float64] = np.interp(raw, self._cal_x, self._cal_y, left=0.0, right=1.0)
         return out
 
@@ -439,6 +442,9 @@ _OUTPUTS = ["score", "contributions"]
 _SCORE = ["score"]
 _CONTRIBUTIONS = ["contributions"]
 _SPLIT_PROBE_ROWS = 256
+# From this many rows the grid lookup beats np.interp's branchy search (unordered scores: ~equal at
+# 256 rows, 4x faster at 4096).
+_LOOKUP_ROWS = 128
 _SPLIT_ALERTING_ROWS = 4
 _SPLIT_GAIN = 0.95  # split when score alone + a few rows' contributions cost at most this share of the whole
 _ROW0 = np.zeros(1, dtype=np.intp)
