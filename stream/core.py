@@ -272,7 +272,7 @@ class Scorer:
         # A batch of 256 at a 1% alert rate holds a few alerting rows: their contributions
         # are the second call.
         split = t_score + t_few <= _SPLIT_GAIN * t_full
-        log.debug("model %s: per %d rows, score alone %.0f µs + %d rows' contributions %.0f µs, "
+        log.info("model %s: per %d rows, score alone %.0f µs + %d rows' contributions %.0f µs, "
                   "whole graph %.0f µs: split=%s", self.ref, _SPLIT_PROBE_ROWS, t_score * 1e6,
                   _SPLIT_ALERTING_ROWS, t_few * 1e6, t_full * 1e6, split)
         return split
