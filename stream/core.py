@@ -239,12 +239,7 @@ class Scorer:
         del graph.initializer[:]
         graph.initializer.extend(inits)
         smaller = len(kept) < before
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self._threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts = self._session_options()
         try:
             session = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
@@ -295,13 +290,18 @@ class Scorer:
         self._session = self._open(self._session.get_providers(), cuda_graph=False)
         self._bind_session()
 
-    def _open(self, providers: list[str], *, cuda_graph: bool) -> ort.InferenceSession:
+    def _session_options(self) -> ort.SessionOptions:
+        """The options measured best (module docstring)."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self._threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        return opts
+
+    def _open(self, providers: list[str], *, cuda_graph: bool) -> ort.InferenceSession:
+        opts = self._session_options()
         plist: list[str | tuple[str, dict[str, str]]] = list(providers)
         if providers[0] == "CUDAExecutionProvider":
             # TF32 matmuls drift ~1e-3 relative from the CPU scores (seen on an H100); the
