@@ -93,7 +93,7 @@ class Pipeline:
         Returns the ``score`` [N] and ``contributions`` [N, D] tensors, the
         contributions folded back onto the raw features.
         """
-        z = self.preprocessor.onnx_graph(g, x)
+        z = self.preprocessor.onnx_graph(g, x, exact=self.detector.exact_inputs)
         score, contributions = self.detector.onnx_graph(g, z)
         return score, self.preprocessor.onnx_fold(g, contributions)
 

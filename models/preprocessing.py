@@ -190,8 +190,13 @@ class Preprocessor:
         return np.asarray(contributions, dtype=np.float64) @ self.fold_.astype(np.float64)
 
     # ------------------------------------------------------------------ ONNX
-    def onnx_graph(self, g: GraphBuilder, x: str) -> str:
-        """Add the preprocessing nodes on ``x`` [N, D]; returns the ``[N, n_features_out_]`` tensor."""
+    def onnx_graph(self, g: GraphBuilder, x: str, *, exact: bool = True) -> str:
+        """Add the preprocessing nodes on ``x`` [N, D]; returns the ``[N, n_features_out_]`` tensor.
+
+        ``exact`` keeps :meth:`transform`'s arithmetic, ``(x - center) / scale``;
+        otherwise standard and robust scaling is one Gemm, ``x @ diag(1/scale) -
+        center/scale``, equal to the last bit or so (see ``Detector.exact_inputs``).
+        """
         if not hasattr(self, "n_features_in_"):
             raise NotFittedError("this Preprocessor is not fitted yet; call fit first")
         missing = g.node("IsNaN", [x], name_hint="missing")
@@ -199,9 +204,20 @@ class Preprocessor:
             "Where", [missing, g.initializer("medians", self.medians_), x], name_hint="imputed"
         )
         out = imputed
-        if self.scaler in ("standard", "robust"):
+        if self.scaler in ("standard", "robust") and exact:
             out = g.node("Sub", [out, g.initializer("center", self.center_)], name_hint="centred")
             out = g.node("Div", [out, g.initializer("scale", self.scale_)], name_hint="scaled")
+        elif self.scaler in ("standard", "robust"):
+            inv = 1.0 / np.asarray(self.scale_, dtype=np.float64)
+            out = g.node(
+                "Gemm",
+                [
+                    out,
+                    g.initializer("inv_scale", np.diag(inv).astype(np.float32)),
+                    g.initializer("offset", (-np.asarray(self.center_, dtype=np.float64) * inv).astype(np.float32)),
+                ],
+                name_hint="scaled",
+            )
         elif self.scaler == "quantile":
             out = self._quantile_graph(g, imputed)
         if self.onehot_levels_:

@@ -56,6 +56,7 @@ class MCD(Detector):
 
     algorithm: ClassVar[str] = "mcd"
     parity_tolerance: ClassVar[float] = 1e-2
+    exact_inputs: ClassVar[bool] = False
     scale_sensitive: ClassVar[bool] = True
     search_space: ClassVar[Mapping[str, ParamSpec]] = {
         "support_fraction": FloatRange(0.5, 0.95),

@@ -68,6 +68,7 @@ class OCSVM(Detector):
     algorithm: ClassVar[str] = "ocsvm"
     # Scores reach nu * max_train; float32 output rounds them to ~1e-4 there.
     parity_tolerance: ClassVar[float] = 1e-3
+    exact_inputs: ClassVar[bool] = False
     scale_sensitive: ClassVar[bool] = True
     search_space: ClassVar[Mapping[str, ParamSpec]] = {
         "nu": FloatRange(0.01, 0.5, log=True),

@@ -83,6 +83,7 @@ class PCA(Detector):
 
     algorithm: ClassVar[str] = "pca"
     parity_tolerance: ClassVar[float] = 1e-2
+    exact_inputs: ClassVar[bool] = False
     scale_sensitive: ClassVar[bool] = True
     search_space: ClassVar[Mapping[str, ParamSpec]] = {
         "n_components": Choice((None, 0.8, 0.9, 0.95, 0.99)),
