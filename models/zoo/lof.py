@@ -44,8 +44,9 @@ class LOF(Detector):
     The ONNX export holds the training rows with their k-distances and
     densities precomputed: the neighbour search of
     :mod:`models.zoo.neighbours` (a float32 MatMul and TopKs for candidates,
-    an exact float64 ranking of those) finds the neighbours, Gathers fetch
-    their k-distances and densities.
+    an exact float64 ranking of those) marks the neighbours among ``k + 8``
+    candidates, Gathers fetch the candidates' k-distances and densities and
+    sums weighted by the marks give the means (no sort needed).
 
     Parameters
     ----------
@@ -103,14 +104,23 @@ class LOF(Detector):
         return row_shares(sq_diff.sum(axis=1))
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
-        sq_dist, index, per_feature = self.reference_.onnx_nearest(g, x, self.k_)
+        # The k + 8 candidates, a 0/1 weight marking the k neighbours: the means need no order.
+        sq_dist, cand, chosen, per_feature = self.reference_.onnx_nearest_set(g, x, self.k_)
         dist = g.node("Sqrt", [sq_dist], name_hint="dist")
-        k_dist = g.node("Gather", [g.initializer("k_distance", self.k_distance_), index], axis=0)
+        k_dist = g.node("Gather", [g.initializer("k_distance", self.k_distance_), cand], axis=0)
         reach = g.node("Max", [dist, k_dist], name_hint="reach_dist")
-        mean_reach = g.node("ReduceMean", [reach], axes=[1], keepdims=0, name_hint="mean_reach")
+        lrd_nbrs = g.node("Gather", [g.initializer("lrd", self.lrd_), cand], axis=0)
+        axes = g.initializer("axes1", np.array([1], dtype=np.int64))
+        inv_k = g.initializer("inv_k", np.array(1.0 / self.k_))
+
+        def mean(t: str, hint: str) -> str:
+            total = g.node("ReduceSum", [g.node("Mul", [t, chosen]), axes], keepdims=0)
+            return g.node("Mul", [total, inv_k], name_hint=hint)
+
+        mean_reach = mean(reach, "mean_reach")
         eps = g.initializer("eps", np.array(_EPS))
         # score = mean_i lrd(o_i) / lrd(x) = mean_i lrd(o_i) * (mean reach + eps)
-        lrd_nbrs = g.node("Gather", [g.initializer("lrd", self.lrd_), index], axis=0)
-        mean_lrd = g.node("ReduceMean", [lrd_nbrs], axes=[1], keepdims=0, name_hint="mean_lrd")
-        score = g.node("Mul", [mean_lrd, g.node("Add", [mean_reach, eps])], name_hint="lof_score")
+        score = g.node(
+            "Mul", [mean(lrd_nbrs, "mean_lrd"), g.node("Add", [mean_reach, eps])], name_hint="lof_score"
+        )
         return to_float(g, score), g.row_shares(to_float(g, per_feature))

@@ -23,7 +23,7 @@ sizes.
 The graph finds the candidates in float32: one MatMul of the centred query,
 with a column of ones appended, against ``[-2 T'; |t|^2]`` (the reference
 rows as columns) gives each squared distance less the query's own ``|x|^2``,
-which ranks the rows alike.  The columns are split into groups of 48; the
+which ranks the rows alike.  The columns are split into groups of 64; the
 ``k + 8`` candidates lie within the ``k + 8`` groups of smallest minimum, so
 one TopK runs over the group minima and a second over the chosen groups only
 (entries above the largest chosen minimum lifted just above it, which spares
@@ -48,7 +48,7 @@ _DOUBLE = 11  # onnx.TensorProto.DOUBLE
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _MARGIN = 8  # extra candidates kept before the exact re-ranking
 _CHUNK_CELLS = 4_000_000  # float64 cells per temporary block (32 MB)
-_GROUP = 48  # reference rows per group in the graph's two-step search
+_GROUP = 64  # reference rows per group in the graph's two-step search
 _FAR = 1e30  # partial squared distance of the padding columns
 
 
@@ -199,15 +199,7 @@ class ReferenceSet:
                 sorted=1,
                 name_hint="candidates_in_order",
             )
-        # Exact float64 differences to the candidates, as natively.
-        rows = g.node("Gather", [g.initializer("ref_raw", self._raw()), cand], axis=0)
-        x64 = g.node("Cast", [x], to=_DOUBLE, name_hint="x64")
-        x3 = g.node("Unsqueeze", [x64, _int64(g, "axes1", [1])])
-        diff = g.node("Sub", [x3, rows], name_hint="diff")
-        sq_diff = g.node("Mul", [diff, diff], name_hint="sq_diff")
-        sq = g.node(
-            "ReduceSum", [sq_diff, _int64(g, "axes2", [2])], keepdims=0, name_hint="sq_dist"
-        )
+        sq_diff, sq = self._onnx_exact(g, x, cand)
         sq_k, pos = g.node(
             "TopK",
             [sq, _int64(g, "k", [k])],
@@ -233,6 +225,66 @@ class ReferenceSet:
         summed = g.node("MatMul", [weight, sq_diff])
         per_feature = g.node("Squeeze", [summed, _int64(g, "axes1", [1])], name_hint="per_feature")
         return sq_k, index, per_feature
+
+    def onnx_nearest_set(self, g: GraphBuilder, x: str, k: int) -> tuple[str, str, str, str]:
+        """Nodes for the set of :meth:`nearest` neighbours of the float32 queries ``x``, unordered.
+
+        Cheaper than :meth:`onnx_nearest` where only the set matters: no sort.
+        Returns the names of the candidates' squared distances [N, kk]
+        (float64), their row numbers [N, kk] (int64), a float64 0/1 weight
+        [N, kk] marking the ``k`` neighbours (the same rows as
+        :meth:`nearest` picks, ties to the lower row number) and the
+        per-feature squared differences summed over them [N, D] (float64),
+        with ``kk = min(k + 8, M)``.
+
+        The ``k``-th smallest exact distance ``t`` (a TopK) splits the
+        candidates: those below ``t`` are all neighbours; those at ``t``
+        fill the remaining places by row number, which a second TopK over
+        the key ``-1`` (below ``t``), row number (at ``t``), ``inf`` (above)
+        picks without a sort.
+        """
+        kk = min(k + _MARGIN, len(self))
+        cand = self._onnx_candidates(g, x, kk)
+        sq_diff, sq = self._onnx_exact(g, x, cand)
+        if kk > k:
+            k_t = _int64(g, "k", [k])
+            top, _ = g.node("TopK", [sq, k_t], n_outputs=2, axis=1, largest=0, sorted=0)
+            kth = g.node("ReduceMax", [top], axes=[1], keepdims=1, name_hint="kth")
+            at_or_above = g.node(
+                "Where",
+                [
+                    g.node("Equal", [sq, kth]),
+                    g.node("Cast", [cand], to=_DOUBLE),
+                    g.initializer("inf", np.array(np.inf)),
+                ],
+            )
+            key = g.node(
+                "Where",
+                [g.node("Less", [sq, kth]), g.initializer("minus_one", np.array(-1.0)), at_or_above],
+                name_hint="tie_key",
+            )
+            key_k, _ = g.node("TopK", [key, k_t], n_outputs=2, axis=1, largest=0, sorted=0)
+            last = g.node("ReduceMax", [key_k], axes=[1], keepdims=1)
+            hit = g.node("LessOrEqual", [key, last])
+            weight = g.node("Cast", [hit], to=_DOUBLE, name_hint="chosen")
+        else:  # every candidate is a neighbour
+            one = g.initializer("one64", np.array(1.0))
+            weight = g.node("Expand", [one, g.node("Shape", [sq])], name_hint="chosen")
+        summed = g.node("MatMul", [g.node("Unsqueeze", [weight, _int64(g, "axes1", [1])]), sq_diff])
+        per_feature = g.node("Squeeze", [summed, _int64(g, "axes1", [1])], name_hint="per_feature")
+        return sq, cand, weight, per_feature
+
+    def _onnx_exact(self, g: GraphBuilder, x: str, cand: str) -> tuple[str, str]:
+        """Exact float64 per-feature squared differences [N, kk, D] to ``cand`` and their sums [N, kk]."""
+        rows = g.node("Gather", [g.initializer("ref_raw", self._raw()), cand], axis=0)
+        x64 = g.node("Cast", [x], to=_DOUBLE, name_hint="x64")
+        x3 = g.node("Unsqueeze", [x64, _int64(g, "axes1", [1])])
+        diff = g.node("Sub", [x3, rows], name_hint="diff")
+        sq_diff = g.node("Mul", [diff, diff], name_hint="sq_diff")
+        sq = g.node(
+            "ReduceSum", [sq_diff, _int64(g, "axes2", [2])], keepdims=0, name_hint="sq_dist"
+        )
+        return sq_diff, sq
 
     def _raw(self) -> NDArray[np.float64]:
         """The rows as given (rebuilt from the centred ones for sets pickled without them)."""

@@ -46,3 +46,18 @@ def test_duplicate_training_rows_give_finite_scores() -> None:
     rows = np.array([[1, 1, 1], [9, 9, 9]], dtype=np.float32)
     scores = LOF(n_neighbors=5).fit(train).score_samples(rows)
     assert np.isfinite(scores).all() and scores[1] > scores[0]
+
+
+def test_graph_breaks_ties_at_the_kth_distance_like_native() -> None:
+    """Integer grid rows: many training rows at exactly the k-th distance, lower row numbers win."""
+    from models.export import check_parity, onnx_scores
+    from models.pipeline import Pipeline
+    from models.preprocessing import Preprocessor
+
+    grid = np.array([[i, j] for i in range(14) for j in range(14)], dtype=np.float32)
+    rows = np.vstack([grid[::5], grid[::7] + 0.5, [[6.5, 6.0], [0.0, 6.5]]]).astype(np.float32)
+    for k in (3, 6, 10):
+        pipe = Pipeline(preprocessor=Preprocessor(), detector=LOF(n_neighbors=k)).fit(grid)
+        model = pipe.to_onnx(["a", "b"])
+        assert check_parity(pipe, model, rows) >= 0.0
+        np.testing.assert_allclose(onnx_scores(model, rows)[0], pipe.score_samples(rows), rtol=1e-6)
