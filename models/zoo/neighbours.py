@@ -241,15 +241,15 @@ class ReferenceSet:
         candidates: those below ``t`` are all neighbours; those at ``t``
         fill the remaining places by row number, which a second TopK over
         the key ``-1`` (below ``t``), row number (at ``t``), ``inf`` (above)
-        picks without a sort.
+        picks without a sort.  Each TopK keeps whichever side is shorter:
+        the ``k`` smallest, or the ``kk - k + 1`` largest (the ``k``-th
+        smallest is their minimum).
         """
         kk = min(k + _MARGIN, len(self))
         cand = self._onnx_candidates(g, x, kk)
         sq_diff, sq = self._onnx_exact(g, x, cand)
         if kk > k:
-            k_t = _int64(g, "k", [k])
-            top, _ = g.node("TopK", [sq, k_t], n_outputs=2, axis=1, largest=0, sorted=0)
-            kth = g.node("ReduceMax", [top], axes=[1], keepdims=1, name_hint="kth")
+            kth = _kth_smallest(g, sq, k, kk, "kth")
             at_or_above = g.node(
                 "Where",
                 [
@@ -263,8 +263,7 @@ class ReferenceSet:
                 [g.node("Less", [sq, kth]), g.initializer("minus_one", np.array(-1.0)), at_or_above],
                 name_hint="tie_key",
             )
-            key_k, _ = g.node("TopK", [key, k_t], n_outputs=2, axis=1, largest=0, sorted=0)
-            last = g.node("ReduceMax", [key_k], axes=[1], keepdims=1)
+            last = _kth_smallest(g, key, k, kk, "last_key")
             hit = g.node("LessOrEqual", [key, last])
             weight = g.node("Cast", [hit], to=_DOUBLE, name_hint="chosen")
         else:  # every candidate is a neighbour
@@ -347,6 +346,21 @@ def _just_above(g: GraphBuilder, tau: str) -> str:
         "Add",
         [tau, g.node("Add", [lift, g.initializer("tiny", np.array(1e-30, dtype=np.float32))])],
     )
+
+
+def _kth_smallest(g: GraphBuilder, t: str, k: int, n: int, hint: str) -> str:
+    """The ``k``-th smallest of the ``n`` values in each row of ``t`` [N, n], as [N, 1].
+
+    One TopK over whichever side is shorter: the largest of the ``k``
+    smallest or the smallest of the ``n - k + 1`` largest (the same value,
+    ties included).  TopK's cost grows with the number of values it keeps.
+    """
+    if k <= n - k + 1:
+        top, _ = g.node("TopK", [t, _int64(g, "k", [k])], n_outputs=2, axis=1, largest=0, sorted=0)
+        return g.node("ReduceMax", [top], axes=[1], keepdims=1, name_hint=hint)
+    rest = _int64(g, "n_not_below", [n - k + 1])
+    top, _ = g.node("TopK", [t, rest], n_outputs=2, axis=1, largest=1, sorted=0)
+    return g.node("ReduceMin", [top], axes=[1], keepdims=1, name_hint=hint)
 
 
 def _int64(g: GraphBuilder, hint: str, values: list[int] | int) -> str:
