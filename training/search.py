@@ -135,12 +135,7 @@ class Search:
             Xv = pipe.preprocessor.transform(self.X_val)
             for fraction in pipe.detector.fit_steps(Xf):
                 if fraction < 1.0:
-                    value = self._value(pipe, Xf, Xv)
-                    trial.report(value, round(100 * fraction))
-                    if trial.should_prune():
-                        trial.set_user_attr("fit_s", round(time.perf_counter() - t0, 4))
-                        trial.set_user_attr("note", f"pruned at {fraction:.0%} of training")
-                        raise optuna.TrialPruned()
+                    _report(trial, self._value(pipe, Xf, Xv), fraction, t0)
             value = self._value(pipe, Xf, Xv)
             fit_s = time.perf_counter() - t0
             cost = score_cost_us(pipe.to_onnx(self.features), self.X_val)
@@ -165,11 +160,7 @@ class Search:
                         oof[test_pos] = pipe.detector.score_samples(Xt)
                         partial = fold_values(self.metric, self.y_fit, oof, self.folds[:1])[0]
                         if math.isfinite(partial):
-                            trial.report(partial, round(100 * fraction))
-                            if trial.should_prune():
-                                trial.set_user_attr("fit_s", round(time.perf_counter() - t0, 4))
-                                trial.set_user_attr("note", f"pruned at {fraction:.0%} of training")
-                                raise optuna.TrialPruned()
+                            _report(trial, partial, fraction, t0)
                 oof[test_pos] = pipe.detector.score_samples(Xt)
             value = float(self.objective(np.empty(0), oof))
             fit_s = time.perf_counter() - t0
@@ -330,3 +321,12 @@ def run(
             catch=CANDIDATE_ERRORS,
             callbacks=callbacks,
         )
+
+
+def _report(trial: optuna.Trial, value: float, fraction: float, t0: float) -> None:
+    """Report an intermediate value at ``fraction`` of training; raise ``TrialPruned`` if told to."""
+    trial.report(value, round(100 * fraction))
+    if trial.should_prune():
+        trial.set_user_attr("fit_s", round(time.perf_counter() - t0, 4))
+        trial.set_user_attr("note", f"pruned at {fraction:.0%} of training")
+        raise optuna.TrialPruned()
