@@ -185,22 +185,17 @@ def main() -> None:
                         help="record the service with py-spy (collapsed stacks) during its max-rate run")
     args = parser.parse_args()
 
-    import optuna
+
+    from perf_registry import train_iforest
 
     from stream.broker import EmbeddedBroker, ensure_topics
-    from training.automl import train
-    from training.data import load_dataset
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="anomstream-bench-"))
     from stream.synthetic import SyntheticStream
 
     gen = SyntheticStream(n_features=N_FEATURES, seed=1)
     X, _ = gen.sample(10_000, anomaly_rate=0.01)
-    csv = tmp / "train.csv"
-    np.savetxt(csv, X, delimiter=",", header=",".join(f"x{i}" for i in range(N_FEATURES)), comments="", fmt="%.5g")
-    train(load_dataset(csv), name="default", algorithms=["iforest"], trials=1, contamination=0.01,
-          registry_root=tmp / "models", seed=0)
+    train_iforest(tmp, X)
     sample = _payloads(1, 0)[0]
     print(f"model: IForest (100 trees), {N_FEATURES} features; event size ≈ {len(sample)} B; "
           f"{os.cpu_count()} CPUs; broker: embedded Tansu", flush=True)

@@ -22,7 +22,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import orjson
 
 N_FEATURES = 32
@@ -76,20 +75,15 @@ def main() -> None:
     parser.add_argument("--backends", default="aiokafka,faust")
     args = parser.parse_args()
 
-    import optuna
+
+    from perf_registry import train_iforest
 
     from stream.broker import EmbeddedBroker, ensure_topics
     from stream.synthetic import SyntheticStream
-    from training.automl import train
-    from training.data import load_dataset
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="anomstream-bench-faust-"))
     X, _ = SyntheticStream(n_features=N_FEATURES, seed=0).sample(10_000, anomaly_rate=0.01)
-    csv = tmp / "train.csv"
-    np.savetxt(csv, X, delimiter=",", header=",".join(f"x{i}" for i in range(N_FEATURES)), comments="", fmt="%.5g")
-    train(load_dataset(csv), name="default", algorithms=["iforest"], trials=1, contamination=0.01,
-          registry_root=tmp / "models", seed=0)
+    train_iforest(tmp, X)
     payloads = _payloads(args.events)
     print(f"{args.events:,} events of {N_FEATURES} features (≈{len(payloads[0])} B) per backend; "
           f"{os.cpu_count()} CPUs; embedded Tansu; batching max_batch 512, max_latency_ms 20", flush=True)

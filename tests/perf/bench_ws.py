@@ -166,20 +166,14 @@ def main() -> None:
         asyncio.run(_ceiling(args.ceiling_server))
         return
 
-    import optuna
 
-    from training.automl import train
-    from training.data import load_dataset
+    from perf_registry import train_iforest
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="anomstream-bench-ws-"))
     from stream.synthetic import SyntheticStream
 
     X, _ = SyntheticStream(n_features=N_FEATURES, seed=1).sample(10_000, anomaly_rate=0.01)
-    csv = tmp / "train.csv"
-    np.savetxt(csv, X, delimiter=",", header=",".join(f"x{i}" for i in range(N_FEATURES)), comments="", fmt="%.5g")
-    train(load_dataset(csv), name="default", algorithms=["iforest"], trials=1, contamination=0.01,
-          registry_root=tmp / "models", seed=0)
+    train_iforest(tmp, X)
 
     evs = _events(args.events)
     singles = [orjson.dumps(e) for e in evs]
