@@ -12,7 +12,7 @@ from sklearn.utils import check_random_state
 
 from models.detector import Detector, IntRange, ParamSpec
 from models.onnx_graph import GraphBuilder, row_shares, rowwise_matmul
-from models.zoo.hbos import StepGrid, count_below
+from models.step_grid import StepGrid, count_below
 
 __all__ = ["LODA"]
 

@@ -12,7 +12,8 @@ from models.export import check_parity, onnx_scores
 from models.onnx_graph import GraphBuilder
 from models.pipeline import Pipeline
 from models.preprocessing import Preprocessor
-from models.zoo.hbos import HBOS, StepGrid
+from models.step_grid import StepGrid
+from models.zoo.hbos import HBOS
 
 
 @pytest.fixture(scope="module")
