@@ -219,9 +219,15 @@ class KnotLookup:
 
     def __call__(self, raw: NDArray[np.floating]) -> NDArray[np.float64]:
         x: NDArray[np.float64] = np.asarray(raw, dtype=np.float64)
-        # Outside the knots the slope is 0: clipping keeps x - base finite (and the grid in range).
-        y: NDArray[np.float64] = np.clip(x, self.first, self.last)
-        i = self.start[self._cells(y, self.inv, self.cells)]
+        # Outside the knots the slope is 0: clipping keeps y - base finite.  maximum/minimum keep
+        # NaN (so the result is NaN) and cost half of np.clip's wrapper; the grid cell takes NaN
+        # to cell 0 (fmax).  1-D gathers: a row gather from a stacked table measured 9x slower.
+        y: NDArray[np.float64] = np.maximum(x, self.first)
+        np.minimum(y, self.last, out=y)
+        u = y - self.first
+        u *= self.inv
+        np.fmax(u, 0.0, out=u)
+        i = self.start[u.astype(np.intp)]
         for _ in range(self.k):
             i += x >= self.next_knot[i]
         y -= self.base_x[i]

@@ -178,3 +178,58 @@ def test_score_only_graph_gives_the_same_results_for_every_zoo_graph(algorithm: 
         np.testing.assert_array_equal(a.anomalous_rows, b.anomalous_rows)
         np.testing.assert_allclose(a.top_shares, b.top_shares, rtol=1e-5, atol=1e-6)
     assert whole.score(X).anomaly.sum() >= 30
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_complete_batches_without_imputation_score_the_same_for_every_zoo_graph(algorithm: str, tmp_path: Path) -> None:
+    art = _zoo_artifact(tmp_path, algorithm)
+    gen = SyntheticStream(n_features=6, seed=8)
+    X, _ = gen.sample(400, anomaly_rate=0.05)
+    X[::11, 1] = gen.mean[1] + 20 * gen.scale[1]
+    X[::13, 2] = 1e30
+    X[::17, 4] = -np.inf
+    gaps = X.copy()
+    gaps[::7, 3] = np.nan
+    for contributions in ("all", "alerting"):
+        imputing = Scorer(art, providers="cpu", contributions=contributions, imputation="always")  # type: ignore[arg-type]
+        skipping = Scorer(art, providers="cpu", contributions=contributions, imputation="skip")  # type: ignore[arg-type]
+        assert skipping.complete_batches_skip_imputation and not imputing.complete_batches_skip_imputation
+        for data in (X, gaps):
+            for n in (1, 7, 8, 33, 400):
+                a, b = imputing.score(data[:n]), skipping.score(data[:n])
+                for field in ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares"):
+                    np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{field} at {n} rows")
+
+
+def test_graph_without_imputation_drops_only_the_imputation(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from stream.serving_graph import without_imputation
+
+    art = _zoo_artifact(tmp_path, "pca")
+    model = onnx.load(str(art.model_path))
+    stripped = without_imputation(model)
+    assert stripped is not None and without_imputation(stripped) is None
+    kept = [n.op_type for n in stripped.graph.node]
+    assert len(kept) == len(model.graph.node) - 2 and "IsNaN" not in kept
+    assert "medians" not in {t.name for t in stripped.graph.initializer}
+    X, _ = SyntheticStream(n_features=6, seed=2).sample(50, anomaly_rate=0.0)
+    full = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    bare = ort.InferenceSession(stripped.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(full.run(None, {"features": X})[0], bare.run(None, {"features": X})[0])
+    X[0, 0] = np.nan  # the stripped graph no longer imputes: the core must not hand it such a row
+    assert np.isnan(bare.run(["score"], {"features": X})[0][0])
+    assert np.isfinite(full.run(["score"], {"features": X})[0][0])
+
+
+def test_top_contributions_order_ties_and_nan_the_same_at_any_row_count() -> None:
+    from stream.core import _top_k
+
+    row = np.array([0.0, 0.5, np.nan, 0.5, 0.0, 0.25], dtype=np.float32)
+    for m in (1, 3, 129, 300):
+        idx, shares = _top_k(np.tile(row, (m, 1)), 3)
+        assert idx.tolist() == [[1, 3, 5]] * m
+        assert shares.tolist() == [[0.5, 0.5, 0.25]] * m
+    idx, shares = _top_k(np.tile(np.array([np.nan, 0.0, np.nan], dtype=np.float32), (200, 1)), 3)
+    assert idx.tolist() == [[1, 0, 2]] * 200
