@@ -13,7 +13,10 @@ once while a busy one scores full batches; ``fetch_max_wait_ms`` is tied to
 ``max_latency_ms`` (aiokafka's default of 500 ms adds about 110 ms of median
 latency against the embedded broker).  Records are appended to one producer
 batch per (topic, partition), not sent one by one.  Production of batch *k*
-overlaps the fetching and scoring of batch *k+1*; commits stay in order.
+overlaps the fetching and scoring of batch *k+1*; commits stay in order and
+run as a task beside the loop, the batches acknowledged during one commit
+going out together in the next (the loop never waits on a commit's round
+trip).
 
 Client settings, chosen by ``tests/perf/bench_e2e.py`` on the 2-core machine
 (embedded broker; max-rate events/s, p50/p99 ms at 5,000/s): the defaults here
@@ -162,6 +165,8 @@ class KafkaRunner:
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self._pending: deque[_InFlight] = deque()
+        self._acked: dict[TopicPartition, int] = {}
+        self._commit_task: asyncio.Future[Any] | None = None
         self.scored = 0
         self.rejected = 0
 
@@ -193,6 +198,7 @@ class KafkaRunner:
         while not stop.is_set():
             fetched = await consumer.getmany(timeout_ms=int(self.max_latency_ms) or 1, max_records=self.max_batch)
             if not fetched:
+                self._settle()  # an idle service still commits what was acknowledged
                 continue
             messages = [m for tp in sorted(fetched) for m in fetched[tp]]
             for batch in split_batches(messages, self.max_batch):
@@ -204,22 +210,47 @@ class KafkaRunner:
         await self.drain()
 
     async def drain(self) -> None:
-        """Wait for every in-flight batch to be acknowledged, committing in order."""
+        """Wait for every in-flight batch to be acknowledged and its offsets committed, in order."""
         while self._pending:
-            await self._commit_head()
+            await self._pending[0].acks  # raises if the broker refused a record: nothing is committed then
+            self._settle()
+        task, self._commit_task = self._commit_task, None
+        if task is not None:
+            await task
+        if self._acked:
+            offsets, self._acked = self._acked, {}
+            await self._consumer.commit(offsets)
 
-    async def _commit_head(self) -> None:
-        head = self._pending[0]
-        await head.acks  # raises if the broker refused a record: nothing is committed then
-        self._pending.popleft()
-        await self._consumer.commit(head.offsets)
+    def _settle(self) -> None:
+        """Move acknowledged batches (in order) to the offsets to commit; commit them unless a commit is running.
+
+        The commit runs as a task beside the loop rather than in it: a commit is a
+        broker round trip, and under load the batches acknowledged while one is in
+        flight go out together in the next (one commit per round trip, not per batch).
+        """
+        pending, acked = self._pending, self._acked
+        while pending and pending[0].acks.done():
+            head = pending.popleft()
+            head.acks.result()  # raises if the broker refused a record: nothing of it is committed
+            acked.update(head.offsets)  # later batches carry later offsets of the same partitions
+        task = self._commit_task
+        if task is not None:
+            if not task.done():
+                return
+            self._commit_task = None
+            task.result()  # a failed commit stops the runner, as an inline one would
+        if acked:
+            self._acked = {}
+            self._commit_task = asyncio.ensure_future(self._consumer.commit(acked))
 
     async def _publish(self, messages: Sequence[Any]) -> None:
         outputs, offsets = self._process(messages)
         futures = await self._send(outputs)
         self._pending.append(_InFlight(asyncio.gather(*futures), offsets, len(messages)))
-        while len(self._pending) > self.max_in_flight or (self._pending and self._pending[0].acks.done()):
-            await self._commit_head()
+        while len(self._pending) > self.max_in_flight:
+            await self._pending[0].acks  # backpressure: at most max_in_flight batches unacknowledged
+            self._settle()
+        self._settle()
 
     def _process(self, messages: Sequence[Any]) -> tuple[list[tuple[str, int, bytes | None, bytes]], dict[TopicPartition, int]]:
         """Decode, score and encode one batch (synchronous: no awaits per event)."""

@@ -238,7 +238,7 @@ def main() -> None:
                 spies: list[subprocess.Popen[bytes]] = []
 
                 def spy(pid: int = svc.pid, spies: list[subprocess.Popen[bytes]] = spies) -> None:
-                    spies.append(subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "100", "-d", "4",
+                    spies.append(subprocess.Popen([_py_spy(), "record", "-p", str(pid), "-r", "100", "-d", "4",
                                                    "-f", "raw", "-o", str(args.py_spy)], stdout=subprocess.DEVNULL))
 
                 profile = args.py_spy is not None and rate is None
@@ -266,5 +266,12 @@ def main() -> None:
     print("\nlatency: event ts (producer send) → record read by the collector; max-rate latency includes the backlog.")
 
 
+def _py_spy() -> str:
+    """py-spy from the running interpreter's environment (the dev extra), else from PATH."""
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else "py-spy"
+
+
 if __name__ == "__main__":
     main()
+
