@@ -146,6 +146,19 @@ class Detector(ABC):
         of the float32 ``score`` [N] and ``contributions`` [N, D] tensors.
         """
 
+    def onnx_graph_scaled(
+        self, g: GraphBuilder, x: str, center: NDArray[np.float64], scale: NDArray[np.float64]
+    ) -> tuple[str, str] | None:
+        """:meth:`onnx_graph` on the rows before a per-column scaling ``(x - center) / scale``, or None.
+
+        A detector whose graph starts with per-column affine arithmetic can
+        absorb the pipeline's standard or robust scaling into its constants,
+        sparing the graph that pass over the batch; those override this (the
+        default absorbs nothing).  Only asked where ``exact_inputs`` is False:
+        the result equals the scaled graph up to float32 rounding.
+        """
+        return None
+
     @abstractmethod
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as given to the constructor (JSON-serialisable)."""

@@ -93,6 +93,11 @@ class Pipeline:
         Returns the ``score`` [N] and ``contributions`` [N, D] tensors, the
         contributions folded back onto the raw features.
         """
+        affine = None if self.detector.exact_inputs else self.preprocessor.affine()
+        if affine is not None:
+            folded = self.detector.onnx_graph_scaled(g, self.preprocessor.onnx_imputed(g, x), *affine)
+            if folded is not None:
+                return folded  # no one-hot columns: the contributions are per raw feature already
         z = self.preprocessor.onnx_graph(g, x, exact=self.detector.exact_inputs)
         score, contributions = self.detector.onnx_graph(g, z)
         return score, self.preprocessor.onnx_fold(g, contributions)

@@ -240,6 +240,17 @@ class Preprocessor:
             out = g.node("Concat", [kept, onehot], axis=1, name_hint="encoded")
         return out
 
+    def affine(self) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+        """``(center, scale)`` where the whole transform after imputation is ``(x - center) / scale``, else None."""
+        if self.scaler not in ("standard", "robust") or self.onehot_levels_:
+            return None
+        return np.asarray(self.center_, dtype=np.float64), np.asarray(self.scale_, dtype=np.float64)
+
+    def onnx_imputed(self, g: GraphBuilder, x: str) -> str:
+        """The imputation nodes alone (for a detector that absorbs the scaling, see :meth:`affine`)."""
+        missing = g.node("IsNaN", [x], name_hint="missing")
+        return g.node("Where", [missing, g.initializer("medians", self.medians_), x], name_hint="imputed")
+
     def onnx_fold(self, g: GraphBuilder, contributions: str) -> str:
         """Nodes doing :meth:`fold` on the tensor ``contributions``."""
         if not self.onehot_levels_:
