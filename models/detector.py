@@ -151,11 +151,14 @@ class Detector(ABC):
     ) -> tuple[str, str] | None:
         """:meth:`onnx_graph` on the rows before a per-column scaling ``(x - center) / scale``, or None.
 
-        A detector whose graph starts with per-column affine arithmetic can
-        absorb the pipeline's standard or robust scaling into its constants,
-        sparing the graph that pass over the batch; those override this (the
-        default absorbs nothing).  Only asked where ``exact_inputs`` is False:
-        the result equals the scaled graph up to float32 rounding.
+        A detector whose graph starts with per-column affine arithmetic (or
+        with comparisons against per-column limits) can absorb the pipeline's
+        standard or robust scaling into its constants, sparing the graph that
+        pass over the batch; those override this (the default absorbs
+        nothing).  ``x`` is the imputed, unscaled rows; ``center`` and
+        ``scale`` hold float32 values.  With ``exact_inputs`` the result must
+        equal the graph on the rows scaled as the preprocessing does (float32
+        ``Sub`` then ``Div``) bit for bit; without, up to float32 rounding.
         """
         return None
 

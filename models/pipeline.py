@@ -93,7 +93,7 @@ class Pipeline:
         Returns the ``score`` [N] and ``contributions`` [N, D] tensors, the
         contributions folded back onto the raw features.
         """
-        affine = None if self.detector.exact_inputs else self.preprocessor.affine()
+        affine = self.preprocessor.affine()
         if affine is not None:
             folded = self.detector.onnx_graph_scaled(g, self.preprocessor.onnx_imputed(g, x), *affine)
             if folded is not None:

@@ -147,6 +147,23 @@ class HBOS(Detector):
         return shares
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
+        return self._graph(g, x, self._thresholds())
+
+    def onnx_graph_scaled(
+        self, g: GraphBuilder, x: str, center: NDArray[np.float64], scale: NDArray[np.float64]
+    ) -> tuple[str, str]:
+        """The graph on the unscaled rows: the limits moved through the scaling, exactly.
+
+        The pipeline scales a row as ``z = (x - center) / scale`` in float32,
+        which never decreases as ``x`` grows (``scale > 0``).  So a limit ``t``
+        lies below ``z`` exactly when ``x`` lies above the largest float32
+        ``r`` with ``z(r) <= t``, found per limit by bisection over the float32
+        values; the counts, hence the scores, are those of the scaled graph
+        bit for bit, without its two passes over the batch.
+        """
+        return self._graph(g, x, _unscaled_limits(self._thresholds(), center, scale))
+
+    def _thresholds(self) -> NDArray[np.float32]:
         n_bins, d = self.n_bins, self.n_features_in_
         # Slot = how many of these are < x: 0 far below, 1 near below, 2 .. n_bins + 1 the
         # bins (np.digitize(right=True) on the edges), n_bins + 2 near above, n_bins + 3 far above.
@@ -154,6 +171,10 @@ class HBOS(Detector):
         thresholds[0] = np.nextafter(_float32_at_least(self.low_limit_), np.float32(-np.inf))
         thresholds[1 : n_bins + 2] = _float32_at_most(self.edges_)
         thresholds[-1] = _float32_at_most(self.high_limit_)
+        return thresholds
+
+    def _graph(self, g: GraphBuilder, x: str, thresholds: NDArray[np.float32]) -> tuple[str, str]:
+        n_bins, d = self.n_bins, self.n_features_in_
         slot_scores = np.empty((n_bins + 4, d), dtype=np.float64)
         slot_scores[0] = slot_scores[-1] = self.far_score_
         slot_scores[1] = self.bin_scores_[0]
@@ -181,3 +202,44 @@ class HBOS(Detector):
 
 
 _EXCESS_FLOOR = np.float32(1e-30)
+
+
+def _float32_key(f: NDArray[np.float32]) -> NDArray[np.int64]:
+    """An integer for each float32 that orders like the floats (-0.0 and +0.0 share 0)."""
+    bits = f.view(np.int32).astype(np.int64)
+    return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+
+def _float32_of(key: NDArray[np.int64]) -> NDArray[np.float32]:
+    """The float32 of each :func:`_float32_key`."""
+    bits = np.where(key < 0, (-key) | 0x80000000, key).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _unscaled_limits(
+    limits: NDArray[np.float32], center: NDArray[np.float64], scale: NDArray[np.float64]
+) -> NDArray[np.float32]:
+    """Per column ``j``, the largest float32 ``r`` with ``(r - center_j) / scale_j <= limit`` (float32 arithmetic).
+
+    ``(x - c) / s`` rounds monotonically for ``s > 0``, so ``limit < z(x)``
+    holds exactly when ``r < x``.  Bisection over the ordered float32 values,
+    all limits at once (32 steps).
+    """
+    c, s = center.astype(np.float32), scale.astype(np.float32)
+    if not np.all(s > 0):
+        raise ValueError("the scaling must have positive scales")
+
+    def z(key: NDArray[np.int64]) -> NDArray[np.float32]:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return (_float32_of(key) - c) / s
+
+    lo = np.full(limits.shape, _float32_key(np.array([-np.inf], dtype=np.float32))[0])
+    hi = np.full(limits.shape, _float32_key(np.array([np.inf], dtype=np.float32))[0])
+    done = z(hi) <= limits  # every value qualifies (an infinite limit)
+    lo[done] = hi[done]
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        below = z(mid) <= limits
+        lo = np.where(below, mid, lo)
+        hi = np.where(below, hi, mid)
+    return _float32_of(lo)

@@ -129,3 +129,39 @@ def test_step_grid_matches_counting() -> None:
 def test_step_grid_declines_crowded_limits() -> None:
     thresholds = np.array([[0.0], [1e-6], [1.0]], dtype=np.float32)
     assert StepGrid.fit(thresholds) is None
+
+
+@pytest.mark.parametrize("scaler", ["standard", "robust"])
+def test_scaling_folded_into_the_limits_scores_bit_for_bit_as_the_scaled_graph(
+    X: NDArray[np.float32], scaler: str
+) -> None:
+    from models.zoo.hbos import _unscaled_limits
+
+    rows = (X * np.float32(37.0) + np.float32(1e4)).astype(np.float32)  # far from 0: scaling rounds
+    pipe = Pipeline(preprocessor=Preprocessor(scaler=scaler), detector=HBOS(n_bins=12)).fit(rows[:300])  # type: ignore[arg-type]
+    folded = pipe.to_onnx([f"f{i}" for i in range(X.shape[1])])
+    g = GraphBuilder()
+    z = pipe.preprocessor.onnx_graph(g, "features", exact=True)
+    score, contrib = pipe.detector.onnx_graph(g, z)
+    scaled = g.build("features", X.shape[1], {"score": score, "contributions": contrib}).SerializeToString()
+    assert len(onnx_model_nodes(folded)) < len(onnx_model_nodes(scaled))
+    # every raw limit, its float32 neighbours, and the infinities
+    center, scale = pipe.preprocessor.affine()  # type: ignore[misc]
+    limits = _unscaled_limits(pipe.detector._thresholds(), center, scale)
+    probes = np.concatenate([limits, np.nextafter(limits, np.float32(-np.inf)), np.nextafter(limits, np.float32(np.inf))])
+    edge_rows = np.concatenate([probes, np.full((2, X.shape[1]), np.inf, np.float32) * np.array([[1], [-1]], np.float32)])
+    data = np.concatenate([rows, edge_rows.astype(np.float32)])
+    for a, b in zip(onnx_scores(folded, data), onnx_scores(scaled, data)):
+        np.testing.assert_array_equal(a, b)
+    # the moved limits are exact: z(r) <= t < z(nextafter(r))
+    zs = lambda v: (v - center.astype(np.float32)) / scale.astype(np.float32)
+    t = pipe.detector._thresholds()
+    finite = np.isfinite(limits)
+    assert np.all(zs(limits)[finite] <= t[finite])
+    assert np.all(zs(np.nextafter(limits, np.float32(np.inf)))[finite] > t[finite])
+
+
+def onnx_model_nodes(model: bytes) -> list[str]:
+    import onnx
+
+    return [n.op_type for n in onnx.load_from_string(model).graph.node]
