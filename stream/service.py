@@ -11,6 +11,7 @@ hub to the subscribers.  Stops on ``stop``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Coroutine
@@ -130,6 +131,7 @@ class Service:
         except BaseException:
             await self._close()
             raise
+        _freeze_heap()
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
@@ -291,9 +293,22 @@ class Service:
             if self.drift is not None:
                 self.drift.swap(model=scorer.ref, features=scorer.features, reference=_reference(scorer))
             self.metrics.set_model(scorer.card.name, scorer.card.version, scorer.provider)
+            _freeze_heap()
             log.info("model swapped: %s -> %s", previous, scorer.ref)
             self.hub.publish("control", [{"type": "model_promoted", "at": time.time(), "model": scorer.ref,
                                           "previous": previous, "origin": "service"}])
+
+
+def _freeze_heap() -> None:
+    """Move every object alive now (modules, sessions, settings) out of the cyclic collector's reach.
+
+    Full collections otherwise walk the whole start-up heap: 18-31 ms pauses
+    of the event loop measured at 5,000 events/s, in the p99 latency.  The
+    per-event objects are freed by reference counting; only what later start-ups
+    (a model swap) leave in cycles stays uncollected.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _reference(scorer: Scorer) -> InputReference | None:
