@@ -5,9 +5,9 @@ Every path that scores (Kafka, WebSocket, ``anomstream score``) goes through
 contributions; the card's calibration maps raw scores to [0, 1]; the threshold
 decides the anomaly flag and the severity scale grades it; the top three
 contributions are kept for anomalies only.  All of it is vectorised per batch:
-a handful of numpy calls whatever the batch size, about 4 µs per batch at
-batch 1 and about 50 ns per row at batch 4096, most of it the calibration's
-binary search over its knots (2-core reference machine).
+a handful of numpy calls whatever the batch size, about 18 µs per batch at
+batch 256 (calibration 7.9 µs of it, :class:`models.calibration.KnotLookup`)
+and a pure-Python path at batch 1 (2-core reference machine).
 
 Provider choice (``inference.providers``): ``auto`` takes CUDA when
 ``onnxruntime.get_available_providers()`` offers it, else the CPU; ``cuda``
@@ -26,6 +26,13 @@ so where the graph's contributions are separate work from its score
 ensemble's members) the core asks the graph for the score alone and, when a
 batch has anomalies, for the contributions of those rows in a second call;
 which way pays is timed once at load (``contributions="auto"``).
+
+A batch of 8 rows or more without a missing value (its minimum is not NaN)
+runs a graph derived at load without the imputation nodes
+(:func:`stream.serving_graph.without_imputation`): a row without NaN passes
+the imputation unchanged, so scores are bit-identical, and the cheapest
+graphs save 12-20% at 256 rows.  It is kept where it saves 5% at load
+(``imputation="auto"``).
 
 On CUDA the session runs through IO bindings to buffers allocated once on the
 device per *shape bucket* (the batch rounded up to a power of two, padded rows
