@@ -88,29 +88,21 @@ def without_imputation(model: Any) -> Any | None:
     x = graph.input[0].name
     nodes = list(graph.node)
     isnan = {n.output[0] for n in nodes if n.op_type == "IsNaN" and n.input[0] == x}
-    rename: dict[str, str] = {}
-    kept = []
-    for node in nodes:
-        if node.op_type == "Where" and node.input[0] in isnan and node.input[2] == x:
-            rename[node.output[0]] = x
-        else:
-            kept.append(node)
+    rename = {
+        n.output[0]: x for n in nodes if n.op_type == "Where" and n.input[0] in isnan and n.input[2] == x
+    }
     if not rename or any(o.name in rename for o in graph.output):
         return None
-    for node in kept:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-        for attr in node.attribute:  # outer-scope references inside If/Loop bodies
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _rename_inside(sub, rename)
-    read = set().union(*(_inputs_of(n) for n in kept)) | {o.name for o in graph.output}
-    _set_nodes(graph, [n for n in kept if not (n.op_type == "IsNaN" and n.output[0] not in read)])
+    _set_nodes(graph, [n for n in nodes if n.output[0] not in rename])
+    _rename_inside(graph, rename)
+    read = set().union(*(_inputs_of(n) for n in graph.node)) | {o.name for o in graph.output}
+    _set_nodes(graph, [n for n in graph.node if not (n.op_type == "IsNaN" and n.output[0] not in read)])
     _drop_unused_initializers(graph)
     return model
 
 
 def _rename_inside(graph: Any, rename: dict[str, str]) -> None:
+    """Read ``rename[name]`` wherever a node (or a subgraph's node: If/Loop bodies) reads ``name``."""
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name in rename:
