@@ -408,8 +408,12 @@ class Scorer:
         if not self._grade_alerting_only:
             return np.searchsorted(self._cuts, score, side="right").astype(np.int8)
         severity = np.zeros(score.shape[0], dtype=np.int8)
-        if rows.size:
+        if rows.size > _FEW_ROWS:
             severity[rows] = np.searchsorted(self._cuts, score[rows], side="right")
+        elif rows.size:  # a few alerting rows: bisect in Python (0.7 against 1.9 µs for 3 rows)
+            cuts, item = self._cuts_list, score.item
+            for r in rows.tolist():
+                severity[r] = bisect_right(cuts, item(r))
         return severity
 
     def _alerting_top(self, X: NDArray[np.float32]) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
@@ -493,6 +497,7 @@ _SPLIT_PROBE_ROWS = 256
 _LOOKUP_ROWS = 128
 _SPLIT_ALERTING_ROWS = 4
 _SPLIT_GAIN = 0.95  # split when score alone + a few rows' contributions cost at most this share of the whole
+_FEW_ROWS = 16  # up to this many alerting rows are graded in Python
 _ROW0 = np.zeros(1, dtype=np.intp)
 _NO_ROWS = np.empty(0, dtype=np.intp)
 _ROW0.flags.writeable = False

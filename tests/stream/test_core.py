@@ -51,6 +51,22 @@ def test_same_rows_score_the_same_alone_or_in_a_batch(scorer: Scorer) -> None:
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
 
 
+def test_decisions_of_a_row_do_not_depend_on_its_batch(scorer: Scorer) -> None:
+    """Severity and top features: a few alerting rows (graded in Python) or many (in numpy), alike."""
+    gen = SyntheticStream(n_features=6, seed=12)
+    X, _ = gen.sample(400, anomaly_rate=0.0)
+    X[::3, 2] = gen.mean[2] + np.linspace(3, 30, X[::3].shape[0]) * gen.scale[2]  # mild to extreme
+    whole = scorer.score(X)
+    assert whole.anomalous_rows.size > 40  # the numpy branch
+    for lo in range(0, 400, 20):
+        part = scorer.score(X[lo : lo + 20])  # a few rows each: the Python branch
+        np.testing.assert_array_equal(part.severity, whole.severity[lo : lo + 20])
+        mine = (whole.anomalous_rows >= lo) & (whole.anomalous_rows < lo + 20)
+        np.testing.assert_array_equal(part.anomalous_rows, whole.anomalous_rows[mine] - lo)
+        np.testing.assert_array_equal(part.top_features, whole.top_features[mine])
+    assert len(set(whole.severity[whole.anomalous_rows].tolist())) >= 2
+
+
 def test_empty_batch_and_wrong_width(scorer: Scorer) -> None:
     assert scorer.score(np.empty((0, 6), dtype=np.float32)).score.shape == (0,)
     with pytest.raises(ScoringError, match="expects 6 features"):
