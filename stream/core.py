@@ -221,6 +221,7 @@ class Scorer:
         self._grade_alerting_only = bool(self._cuts[0] >= self.threshold)
         self._score_c: Callable[..., list[NDArray[np.float32]]] | None = None
         self._complete_c: Callable[..., list[NDArray[np.float32]]] | None = None
+        self._top_c: Callable[..., list[NDArray[Any]]] | None = None
         if self._binding is None:
             import onnx  # load time only
 
@@ -231,6 +232,8 @@ class Scorer:
                 score_model, smaller = serving_graph.pruned(model, ["score"])
                 pruned = self._session_from(score_model, "score-only graph")
                 if contributions == "alerting" or (smaller and self._score_alone_pays(pruned)):
+                    top = serving_graph.top_contributions(model, self._top_k)
+                    self._top_c = self._session_from(top, "top-contributions graph").run
                     self._score_c, model = pruned.run, score_model
             if imputation != "always":
                 stripped = serving_graph.without_imputation(model)
@@ -418,6 +421,9 @@ class Scorer:
 
     def _alerting_top(self, X: NDArray[np.float32]) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
         """Top contributions of the given (alerting) rows, computed for them alone."""
+        if self._top_c is not None:
+            shares, idx = self._top_c(_TOP, {"features": X}, None)
+            return idx, shares
         return _top_k(self._run_c(_CONTRIBUTIONS, {"features": X}, None)[0], self._top_k)
 
     def _score_one(
@@ -488,6 +494,7 @@ class Scorer:
 _OUTPUTS = ["score", "contributions"]
 _SCORE = ["score"]
 _CONTRIBUTIONS = ["contributions"]
+_TOP = [serving_graph.TOP_SHARE, serving_graph.TOP_INDEX]
 # From this many rows a batch without NaN may skip the imputation: the NaN check (a min over the
 # batch, ~0.9 µs) costs more than the two skipped nodes save on fewer rows.
 _COMPLETE_ROWS = 8

@@ -23,7 +23,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["pruned", "without_imputation"]
+import numpy as np
+
+__all__ = ["TOP_INDEX", "TOP_SHARE", "pruned", "top_contributions", "without_imputation"]
+
+TOP_SHARE = "anomstream_top_share"
+TOP_INDEX = "anomstream_top_index"
 
 
 def _inputs_of(node: Any) -> set[str]:
@@ -110,3 +115,35 @@ def _rename_inside(graph: Any, rename: dict[str, str]) -> None:
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 _rename_inside(sub, rename)
+
+
+def top_contributions(model: Any, top_k: int) -> Any:
+    """A copy of ``model`` pruned to ``contributions`` whose outputs are each row's top ``top_k`` of them.
+
+    Outputs :data:`TOP_SHARE` (float32 ``[N, top_k]``) and :data:`TOP_INDEX`
+    (int64 ``[N, top_k]``), largest first, ordered as the core's numpy path
+    orders them: ties to the lower column, NaN after every number (``TopK``
+    has no order for NaN, so NaN ranks as -inf there and the shares are read
+    back from the contributions; shares are never -inf).  For the alerting
+    rows of a batch, this saves the numpy selection (~3.5 µs for a few rows).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    model, _ = pruned(model, ["contributions"])
+    graph = model.graph
+    c, nan, ranked, values = "contributions", "anomstream_top_nan", "anomstream_top_ranked", "anomstream_top_values"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array(-np.inf, dtype=np.float32), "anomstream_minus_inf"),
+        numpy_helper.from_array(np.array([top_k], dtype=np.int64), "anomstream_top_k"),
+    ])
+    graph.node.extend([
+        helper.make_node("IsNaN", [c], [nan], name="anomstream_top_nan_node"),
+        helper.make_node("Where", [nan, "anomstream_minus_inf", c], [ranked], name="anomstream_top_ranked_node"),
+        helper.make_node("TopK", [ranked, "anomstream_top_k"], [values, TOP_INDEX], name="anomstream_top_node",
+                         axis=1, largest=1, sorted=1),
+        helper.make_node("GatherElements", [c, TOP_INDEX], [TOP_SHARE], name="anomstream_top_share_node", axis=1),
+    ])
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info(TOP_SHARE, TensorProto.FLOAT, ["N", top_k]),
+                         helper.make_tensor_value_info(TOP_INDEX, TensorProto.INT64, ["N", top_k])])
+    return model
