@@ -190,25 +190,9 @@ class ReferenceSet:
         kk = min(k + _MARGIN, len(self))
         cand = self._onnx_candidates(g, x, kk)
         if kk > 1:  # ascending row numbers, so that exact ties go to the lower number
-            cand, _ = g.node(
-                "TopK",
-                [cand, _int64(g, "n_candidates", [kk])],
-                n_outputs=2,
-                axis=1,
-                largest=0,
-                sorted=1,
-                name_hint="candidates_in_order",
-            )
+            cand, _ = _smallest_sorted(g, cand, kk, "n_candidates", "candidates_in_order")
         sq_diff, sq = self._onnx_exact(g, x, cand)
-        sq_k, pos = g.node(
-            "TopK",
-            [sq, _int64(g, "k", [k])],
-            n_outputs=2,
-            axis=1,
-            largest=0,
-            sorted=1,
-            name_hint="nearest",
-        )
+        sq_k, pos = _smallest_sorted(g, sq, k, "k", "nearest")
         index = g.node("GatherElements", [cand, pos], axis=1, name_hint="index")
         # Per-feature sums over the k chosen candidates: a 0/1 weight per candidate, one MatMul.
         hit = g.node(
@@ -346,6 +330,14 @@ def _just_above(g: GraphBuilder, tau: str) -> str:
         "Add",
         [tau, g.node("Add", [lift, g.initializer("tiny", np.array(1e-30, dtype=np.float32))])],
     )
+
+
+def _smallest_sorted(g: GraphBuilder, t: str, k: int, k_hint: str, hint: str) -> tuple[str, str]:
+    """The ``k`` smallest values of each row of ``t`` and their positions, ascending (ties: lower position first)."""
+    values, pos = g.node(
+        "TopK", [t, _int64(g, k_hint, [k])], n_outputs=2, axis=1, largest=0, sorted=1, name_hint=hint
+    )
+    return values, pos
 
 
 def _kth_smallest(g: GraphBuilder, t: str, k: int, n: int, hint: str) -> str:
