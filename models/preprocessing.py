@@ -199,10 +199,7 @@ class Preprocessor:
         """
         if not hasattr(self, "n_features_in_"):
             raise NotFittedError("this Preprocessor is not fitted yet; call fit first")
-        missing = g.node("IsNaN", [x], name_hint="missing")
-        imputed = g.node(
-            "Where", [missing, g.initializer("medians", self.medians_), x], name_hint="imputed"
-        )
+        imputed = self.onnx_imputed(g, x)
         out = imputed
         if self.scaler in ("standard", "robust") and exact:
             out = g.node("Sub", [out, g.initializer("center", self.center_)], name_hint="centred")

@@ -88,7 +88,6 @@ class LiveModel:
 class _InFlight:
     acks: asyncio.Future[Any]
     offsets: dict[TopicPartition, int]
-    events: int
 
 
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -246,7 +245,7 @@ class KafkaRunner:
     async def _publish(self, messages: Sequence[Any]) -> None:
         outputs, offsets = self._process(messages)
         futures = await self._send(outputs)
-        self._pending.append(_InFlight(asyncio.gather(*futures), offsets, len(messages)))
+        self._pending.append(_InFlight(asyncio.gather(*futures), offsets))
         while len(self._pending) > self.max_in_flight:
             await self._pending[0].acks  # backpressure: at most max_in_flight batches unacknowledged
             self._settle()
