@@ -230,11 +230,12 @@ class Scorer:
                 # onnxruntime runs every node of a graph whatever the outputs asked for, so the
                 # score alone runs in a second session on the graph pruned to the score's nodes.
                 score_model, smaller = serving_graph.pruned(model, ["score"])
-                pruned = self._session_from(score_model, "score-only graph")
-                if contributions == "alerting" or (smaller and self._score_alone_pays(pruned)):
-                    top = serving_graph.top_contributions(model, self._top_k)
-                    self._top_c = self._session_from(top, "top-contributions graph").run
-                    self._score_c, model = pruned.run, score_model
+                if contributions == "alerting" or smaller:
+                    pruned = self._session_from(score_model, "score-only graph")
+                    top = self._session_from(serving_graph.top_contributions(model, self._top_k),
+                                             "top-contributions graph")
+                    if contributions == "alerting" or self._score_alone_pays(pruned, top):
+                        self._score_c, self._top_c, model = pruned.run, top.run, score_model
             if imputation != "always":
                 stripped = serving_graph.without_imputation(model)
                 if stripped is not None:
@@ -259,6 +260,13 @@ class Scorer:
             raise ScoringError(f"model {self.ref!r}: {what}: {' '.join(str(exc).split())}") from None
         return getattr(session, "_sess", session)
 
+    def _time(self, run: Callable[..., Any], outputs: list[str], X: NDArray[np.float32]) -> float:
+        """Best of a few session calls, in seconds (load-time decisions)."""
+        try:
+            return _best_of(lambda: run(outputs, {"features": X}, None))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
+            raise ScoringError(f"model {self.ref!r}: {' '.join(str(exc).split())}") from None
+
     def _probe(self) -> NDArray[np.float32]:
         """A batch of training medians, the rows load-time timings run on."""
         med = np.array([self.card.medians.get(f, 0.0) for f in self.features], dtype=np.float32)
@@ -268,17 +276,14 @@ class Scorer:
         """Whether skipping the imputation saves at least 5% on 256 rows (timed once at load)."""
         X = self._probe()
         run, outputs = (self._score_c, _SCORE) if self._score_c is not None else (self._run_c, _OUTPUTS)
-        try:
-            t_full = _best_of(lambda: run(outputs, {"features": X}, None))
-            t_complete = _best_of(lambda: complete(outputs, {"features": X}, None))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
-            raise ScoringError(f"model {self.ref!r}: {' '.join(str(exc).split())}") from None
+        t_full = self._time(run, outputs, X)
+        t_complete = self._time(complete, outputs, X)
         pays = t_complete <= _SPLIT_GAIN * t_full
         log.info("model %s: per %d rows, graph with imputation %.0f µs, without %.0f µs: "
                  "complete batches skip it=%s", self.ref, _SPLIT_PROBE_ROWS, t_full * 1e6, t_complete * 1e6, pays)
         return pays
 
-    def _score_alone_pays(self, pruned: Any) -> bool:
+    def _score_alone_pays(self, pruned: Any, top: Any) -> bool:
         """Whether the score alone, plus contributions for alerting rows only, is cheaper.
 
         Timed once at load on a batch of training medians: graphs whose
@@ -287,16 +292,11 @@ class Scorer:
         graphs whose score is the sum of the contributions do not.
         """
         X = self._probe()
-        run_score = pruned.run
-        try:
-            t_score = _best_of(lambda: run_score(_SCORE, {"features": X}, None))
-            t_full = _best_of(lambda: self._run_c(_OUTPUTS, {"features": X}, None))
-            few = X[:_SPLIT_ALERTING_ROWS]
-            t_few = _best_of(lambda: self._run_c(_OUTPUTS, {"features": few}, None))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
-            raise ScoringError(f"model {self.ref!r}: {' '.join(str(exc).split())}") from None
-        # A batch of 256 at a 1% alert rate holds a few alerting rows: their contributions
-        # are the second call.
+        t_score = self._time(pruned.run, _SCORE, X)
+        t_full = self._time(self._run_c, _OUTPUTS, X)
+        # A batch of 256 at a 1% alert rate holds a few alerting rows: their top contributions
+        # are the second call, on the graph that will run it.
+        t_few = self._time(top.run, _TOP, X[:_SPLIT_ALERTING_ROWS])
         split = t_score + t_few <= _SPLIT_GAIN * t_full
         log.info("model %s: per %d rows, score alone %.0f µs + %d rows' contributions %.0f µs, "
                   "whole graph %.0f µs: split=%s", self.ref, _SPLIT_PROBE_ROWS, t_score * 1e6,
@@ -377,13 +377,13 @@ class Scorer:
             return self._empty
         t0 = perf_counter()
         contrib: NDArray[np.float32] | None
-        if self._complete_c is not None and X.shape[0] >= _COMPLETE_ROWS and not isnan(np.minimum.reduce(X, axis=None)):
-            if self._score_c is not None:
-                raw, contrib = self._complete_c(_SCORE, {"features": X}, None)[0], None
-            else:
-                raw, contrib = self._complete_c(_OUTPUTS, {"features": X}, None)
-        elif self._score_c is not None:
-            raw, contrib = self._score_c(_SCORE, {"features": X}, None)[0], None
+        complete = self._complete_c
+        if complete is not None and (X.shape[0] < _COMPLETE_ROWS or isnan(np.minimum.reduce(X, axis=None))):
+            complete = None
+        if self._score_c is not None:
+            raw, contrib = (complete or self._score_c)(_SCORE, {"features": X}, None)[0], None
+        elif complete is not None:
+            raw, contrib = complete(_OUTPUTS, {"features": X}, None)
         else:
             raw, contrib = self._run(X)
         elapsed = perf_counter() - t0
