@@ -9,12 +9,15 @@ The artifact's ``model.onnx`` keeps the contract's outputs (raw ``score`` and
   the imputation ``Where(IsNaN(features), medians, features)`` dropped, so a
   complete batch skips two passes over its values (12-20% of the cheapest
   graphs at 256 rows, 2-core reference machine).  For a row without NaN the
-  ``Where`` returns the row itself, so scores are bit-identical.
+  ``Where`` returns the row itself, so scores are bit-identical;
+* :func:`top_contributions` — the graph pruned to ``contributions`` with a
+  ``TopK`` appended, run on the alerting rows where contributions come on
+  demand.
 
 Appending the card's calibration and threshold as nodes was measured too and
 dropped: onnxruntime's ``Gather`` on a few hundred indices costs about as much
 as numpy's fancy indexing, and the twenty nodes came to 11-14 µs per 256 rows
-against 9-10 µs for :class:`models.calibration.KnotLookup`.  Only ``onnx`` is
+against 7.9 µs for :class:`models.calibration.KnotLookup`.  Only ``onnx`` is
 imported, at load.
 """
 
