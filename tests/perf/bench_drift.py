@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from perf_registry import quiet_gc
 
 D = 12
 SKIP = 6000
@@ -80,7 +81,7 @@ async def _produce(bootstrap: str, topic: str, n: int, base: int, rate: float, g
     rows = X.tolist()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
     await producer.start()
-    _quiet_gc()
+    quiet_gc()
     while not go.is_set():
         await asyncio.sleep(0.005)
     t0 = time.perf_counter()
@@ -101,7 +102,7 @@ async def _collect(bootstrap: str, topic: str, n: int, base: int, go: mp.Event, 
                                 fetch_max_wait_ms=5)
     await consumer.start()
     await consumer.getmany(timeout_ms=500)
-    _quiet_gc()
+    quiet_gc()
     go.set()
     lat = np.full(n, np.nan)
     got = 0
@@ -122,13 +123,6 @@ async def _collect(bootstrap: str, topic: str, n: int, base: int, go: mp.Event, 
         await consumer.stop()
     lat = lat[skip:]  # the monitor's warm-up (5,000 events) is not measured
     return lat[~np.isnan(lat)]
-
-
-def _quiet_gc() -> None:
-    """Measuring processes: no cyclic-collector pauses (as in ``bench_e2e.py``)."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
 
 
 def e2e_table(n: int, rate: float) -> None:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from perf_registry import quiet_gc
 
 N_FEATURES = 32
 WARMUP_EVENTS = 6000  # past the drift monitor's default warm-up of 5,000 events
@@ -70,7 +71,7 @@ async def _produce(bootstrap: str, topic: str, n: int, base: int, rate: float | 
     bodies = [p.replace(b'"ts":0.0', b'"ts":%s') for p in _payloads(n, seed=1, base=base)]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 18, acks=1)
     await producer.start()
-    _quiet_gc()  # a collector pause here would delay stamped events and count as service latency
+    quiet_gc()  # a collector pause here would delay stamped events and count as service latency
     ready.set()
     while not go.is_set():
         await asyncio.sleep(0.005)
@@ -118,7 +119,7 @@ async def _collect(bootstrap: str, topic: str, n: int, base: int, timeout_s: flo
     await consumer.seek_to_end(*parts)
     for tp in parts:
         await consumer.position(tp)
-    _quiet_gc()  # a collector pause here would hold arrived records and count as service latency
+    quiet_gc()  # a collector pause here would hold arrived records and count as service latency
     go.set()
     lat = np.full(n, np.nan)
     got = 0
@@ -279,17 +280,6 @@ def main() -> None:
         print(f"\nservice resident set (VmRSS) after each run: {', '.join(f'{r:.0f}' for r in rss_mib)} MiB; "
               f"largest {max(rss_mib):.0f} MiB")
     print("\nlatency: event ts (producer send) → record read by the collector; max-rate latency includes the backlog.")
-
-
-def _quiet_gc() -> None:
-    """Measuring processes: freeze what exists and pause the cyclic collector (their loops make no cycles).
-
-    Measured before: full collections of 30-160 ms in the load generator and
-    the collector, which showed up as p99 latency of the service.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.disable()
 
 
 def _py_spy() -> str:
