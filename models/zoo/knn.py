@@ -88,6 +88,7 @@ class KNN(Detector):
                 f"got {self.n_neighbors!r}"
             )
         self.reference_ = ReferenceSet(train)
+        self.reference_.settle_margin(int(self.n_neighbors))
 
     def _neighbours(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         sq_diff, _ = self.reference_.nearest(X, self.n_neighbors)

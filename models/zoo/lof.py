@@ -44,7 +44,7 @@ class LOF(Detector):
     The ONNX export holds the training rows with their k-distances and
     densities precomputed: the neighbour search of
     :mod:`models.zoo.neighbours` (a float32 MatMul and TopKs for candidates,
-    an exact float64 ranking of those) marks the neighbours among ``k + 8``
+    an exact float64 ranking of those) marks the neighbours among ``k + margin``
     candidates, Gathers fetch the candidates' k-distances and densities and
     sums weighted by the marks give the means (no sort needed).
 
@@ -85,6 +85,7 @@ class LOF(Detector):
         train = subsample(X, self.max_train)
         self.k_ = min(int(self.n_neighbors), train.shape[0] - 1)
         self.reference_ = ReferenceSet(train)
+        self.reference_.settle_margin(self.k_)
         sq_diff, index = self.reference_.nearest(train, self.k_, exclude_self=True)
         dist = np.sqrt(sq_diff.sum(axis=2))
         self.k_distance_ = dist[:, -1].copy()
@@ -104,7 +105,7 @@ class LOF(Detector):
         return row_shares(sq_diff.sum(axis=1))
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
-        # The k + 8 candidates, a 0/1 weight marking the k neighbours: the means need no order.
+        # The k + margin candidates, a 0/1 weight marking the k neighbours: the means need no order.
         sq_dist, cand, chosen, per_feature = self.reference_.onnx_nearest_set(g, x, self.k_)
         dist = g.node("Sqrt", [sq_dist], name_hint="dist")
         k_dist = g.node("Gather", [g.initializer("k_distance", self.k_distance_), cand], axis=0)

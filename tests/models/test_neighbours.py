@@ -42,6 +42,26 @@ def test_nearest_excludes_self_but_not_duplicates() -> None:
     assert sq_diff.sum(axis=2)[:, 0].tolist() == [0.0, 0.0, 4.0, 4.0]
 
 
+def test_margin_is_narrow_only_where_the_training_rows_do_not_tie(X: NDArray[np.float32]) -> None:
+    rng = np.random.default_rng(3)
+    assert ReferenceSet(X[:1000]).settle_margin(20) == 2
+    grid = rng.integers(0, 30, size=(1000, 4)).astype(np.float32)  # equal distances abound
+    assert ReferenceSet(grid).settle_margin(20) == 8
+    copies = np.repeat(X[:100], 3, axis=0)  # each row's nearest others at distance 0
+    assert ReferenceSet(copies).settle_margin(1) == 8
+    assert ReferenceSet(X[:12]).settle_margin(11) == 8  # every other row a neighbour
+
+
+def test_sets_pickled_without_a_margin_keep_the_wide_one(X: NDArray[np.float32]) -> None:
+    ref = ReferenceSet(X[:1000])
+    ref.settle_margin(5)
+    narrow = ref.nearest(X[1000:], 5)
+    del ref.margin
+    wide = ref.nearest(X[1000:], 5)
+    np.testing.assert_array_equal(narrow[1], wide[1])
+    np.testing.assert_array_equal(narrow[0], wide[0])
+
+
 def test_subsample_is_seeded_and_capped(X: NDArray[np.float32]) -> None:
     a, b = subsample(X, 300), subsample(X, 300)
     np.testing.assert_array_equal(a, b)
@@ -88,6 +108,9 @@ def test_graph_search_in_groups_matches_native(cls: type[Detector], kind: str) -
         X = np.repeat(rng.normal(size=(170, 6)), 20, axis=0).astype(np.float32)
     scaler = "robust" if kind == "integers" else "standard"
     pipe = Pipeline(preprocessor=Preprocessor(scaler=scaler), detector=cls()).fit(X[:3000])
+    if kind != "integers":  # scaled integer rows may or may not tie at the boundary
+        # Continuous rows take the narrow candidate margin, copies the wide: both paths run here.
+        assert pipe.detector.reference_.margin == (2 if kind == "gaussian" else 8)
     model = pipe.to_onnx([f"f{i}" for i in range(6)])
     rows = np.vstack([X[2900:], rng.normal(size=(100, 6)).astype(np.float32) * 3])
     assert check_parity(pipe, model, rows) >= 0.0
