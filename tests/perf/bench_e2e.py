@@ -240,6 +240,7 @@ def main() -> None:
                           "output_topic": f"{prefix}.scores", "alerts_topic": f"{prefix}.anomalies",
                           "dlq_topic": f"{prefix}.dlq", "control_topic": f"{prefix}.control", "group_id": prefix},
                 "websocket": {"enabled": False}, "metrics": {"enabled": False},
+                **json.loads(os.environ.get("BENCH_SVC_EXTRA", "{}")),
             }))
             log_path = tmp / f"serve-{i}.log"
             with open(log_path, "wb") as svc_log:
