@@ -194,10 +194,13 @@ def main() -> None:
     parser.add_argument("--paced-seconds", type=float, default=10.0, help="length of each paced run")
     parser.add_argument("--rates", default="max,5000,20000", help="offered rates, events/s ('max' = unpaced)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling rows")
+    parser.add_argument("--service-settings", type=json.loads, default={}, metavar="JSON",
+                        help="config sections for the service, e.g. '{\"batching\": {\"max_latency_ms\": 5}}' "
+                             "(each section given replaces the bench's)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
                         help="record the service with py-spy (collapsed stacks) during its max-rate run")
     args = parser.parse_args()
-
+    overrides = dict(args.service_settings)
 
     from perf_registry import train_iforest
 
@@ -240,8 +243,7 @@ def main() -> None:
                           "output_topic": f"{prefix}.scores", "alerts_topic": f"{prefix}.anomalies",
                           "dlq_topic": f"{prefix}.dlq", "control_topic": f"{prefix}.control", "group_id": prefix},
                 "websocket": {"enabled": False}, "metrics": {"enabled": False},
-                **json.loads(os.environ.get("BENCH_SVC_EXTRA", "{}")),
-            }))
+            } | overrides))
             log_path = tmp / f"serve-{i}.log"
             with open(log_path, "wb") as svc_log:
                 svc = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--config", str(cfg),
