@@ -114,9 +114,10 @@ class ReferenceSet:
         """Set and return the candidate margin for ``k`` neighbours from the rows themselves.
 
         Up to 1,000 rows (seed 0) each get their ``k``-th and ``k + 1``-th
-        nearest other rows; if any gap is below ``1e-4`` times the row's
-        squared norm plus the largest squared norm (both centred), the rows
-        tie at the boundary and the margin stays 8, else it is 2.
+        nearest other rows; if any gap is below ``1e-9`` times the row's
+        squared norm plus the largest squared norm (both centred), that is
+        equal up to float64 rounding, the rows tie at the boundary and the
+        margin stays 8, else it is 2.
         """
         m = len(self)
         if k + 1 >= m:  # every other row is a neighbour, or nearly
@@ -124,13 +125,19 @@ class ReferenceSet:
             return self.margin
         rng = np.random.default_rng(SUBSAMPLE_SEED)
         probe = np.sort(rng.choice(m, size=min(m, _TIE_PROBE_ROWS), replace=False))
-        q = self.rows[probe]
-        sq = self.approx_sq_distances(q)
-        sq[np.arange(probe.size), probe] = np.inf
-        part = np.partition(sq, [k - 1, k], axis=1)
-        gap = part[:, k] - part[:, k - 1]
-        scale = self.sq_norms[probe] + self.sq_norms.max()
-        self.margin = _MARGIN if bool(np.any(gap <= _TIE_TOLERANCE * scale)) else _NARROW_MARGIN
+        largest = self.sq_norms.max()
+        tied = False
+        step = max(1, _CHUNK_CELLS // m)
+        for lo in range(0, probe.size, step):
+            rows = probe[lo : lo + step]
+            sq = self.approx_sq_distances(self.rows[rows])
+            sq[np.arange(rows.size), rows] = np.inf
+            part = np.partition(sq, [k - 1, k], axis=1)
+            gap = part[:, k] - part[:, k - 1]
+            if np.any(gap <= _TIE_TOLERANCE * (self.sq_norms[rows] + largest)):
+                tied = True
+                break
+        self.margin = _MARGIN if tied else _NARROW_MARGIN
         return self.margin
 
     def _margin(self) -> int:
