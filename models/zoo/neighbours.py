@@ -23,20 +23,20 @@ sizes.
 The margin covers rows that the matrix products rank on the wrong side of
 the ``k``-th neighbour: rows at (or within rounding of) the ``k``-th
 distance.  :meth:`ReferenceSet.settle_margin` sets it from the training
-rows: 8 where some training row has its ``k + 1``-th nearest row within
-``1e-4`` (relative to the squared norms) of its ``k``-th (duplicates,
-integer grids, discrete features: ties at the boundary are the rule, and
-the 8 extra candidates let the exact stage give them to the lower row
-numbers), 2 where none has (continuous data: a misranking there needs two
-rows within float32 rounding of the ``k``-th distance, and two extra
-candidates cover it).  The narrow margin makes LOF's graph about 15% faster
-(fewer candidates to select, gather and rank).
+rows: 8 where some training row has its ``k + 1``-th nearest row at its
+``k``-th distance, up to float64 rounding (duplicates, integer grids,
+discrete features: ties at the boundary are the rule, and the 8 extra
+candidates let the exact stage give them to the lower row numbers), 2 where
+none has (continuous data: a misranking there needs two rows within float32
+rounding of the ``k``-th distance, and two extra candidates cover it).  The
+narrow margin makes LOF's graph about 12% faster (fewer candidates to
+select, gather and rank).
 
 The graph finds the candidates in float32: one MatMul of the centred query,
 with a column of ones appended, against ``[-2 T'; |t|^2]`` (the reference
 rows as columns) gives each squared distance less the query's own ``|x|^2``,
 which ranks the rows alike.  The columns are split into groups of 64; the
-``k + 8`` candidates lie within the ``k + 8`` groups of smallest minimum, so
+``k + margin`` candidates lie within the ``k + margin`` groups of smallest minimum, so
 one TopK runs over the group minima and a second over the chosen groups only
 (entries above the largest chosen minimum lifted just above it, which spares
 TopK most of its heap updates).  Only the ``k + margin`` candidates go on to

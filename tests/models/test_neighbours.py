@@ -54,9 +54,10 @@ def test_margin_is_narrow_only_where_the_training_rows_do_not_tie(X: NDArray[np.
 
 def test_sets_pickled_without_a_margin_keep_the_wide_one(X: NDArray[np.float32]) -> None:
     ref = ReferenceSet(X[:1000])
-    ref.settle_margin(5)
+    assert ref.settle_margin(5) == 2
     narrow = ref.nearest(X[1000:], 5)
     del ref.margin
+    assert ref._margin() == 8
     wide = ref.nearest(X[1000:], 5)
     np.testing.assert_array_equal(narrow[1], wide[1])
     np.testing.assert_array_equal(narrow[0], wide[0])
