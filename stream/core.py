@@ -27,6 +27,12 @@ ensemble's members) the core asks the graph for the score alone and, when a
 batch has anomalies, for the contributions of those rows in a second call;
 which way pays is timed once at load (``contributions="auto"``).
 
+On the CPU every graph runs with its per-column ``x * powers_of_two + bias``
+steps (the histogram grids) fused into one ``BatchNormalization``
+(:func:`stream.serving_graph.fused_affine`, bit-identical): onnxruntime
+broadcasts a per-column operand row by row, and the fused node saved 15% of
+HBOS's graph at 256 rows.
+
 A batch of 8 rows or more without a missing value (its minimum is not NaN)
 runs a graph derived at load without the imputation nodes
 (:func:`stream.serving_graph.without_imputation`): a row without NaN passes
@@ -226,6 +232,10 @@ class Scorer:
             import onnx  # load time only
 
             model = onnx.load(str(artifact.model_path))
+            fused = serving_graph.fused_affine(model)
+            if fused is not None:  # exact, and cheaper on every batch size: no timing needed
+                model = fused
+                self._run_c = self._session_from(model, "graph with fused affine steps").run
             if contributions != "all":
                 # onnxruntime runs every node of a graph whatever the outputs asked for, so the
                 # score alone runs in a second session on the graph pruned to the score's nodes.

@@ -12,7 +12,13 @@ The artifact's ``model.onnx`` keeps the contract's outputs (raw ``score`` and
   ``Where`` returns the row itself, so scores are bit-identical;
 * :func:`top_contributions` — the graph pruned to ``contributions`` with a
   ``TopK`` appended, run on the alerting rows where contributions come on
-  demand.
+  demand;
+* :func:`fused_affine` — on the CPU, each per-column ``Mul`` by powers of two
+  followed by a per-column ``Add`` as one ``BatchNormalization`` (the
+  histogram grids' ``z * scale + bias``).  onnxruntime broadcasts a ``[D]``
+  operand over ``[N, D]`` row by row (~2.5 µs per op at 256 × 32, against
+  ~0.4 µs for a scalar); the fused node costs about what one scalar op does.
+  The products are exact, so one rounding or two give the same bits.
 
 Appending the card's calibration and threshold as nodes was measured too and
 dropped: onnxruntime's ``Gather`` on a few hundred indices costs about as much
@@ -27,8 +33,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-__all__ = ["TOP_INDEX", "TOP_SHARE", "pruned", "top_contributions", "without_imputation"]
+__all__ = ["TOP_INDEX", "TOP_SHARE", "fused_affine", "pruned", "top_contributions", "without_imputation"]
 
 TOP_SHARE = "anomstream_top_share"
 TOP_INDEX = "anomstream_top_index"
@@ -149,4 +156,86 @@ def top_contributions(model: Any, top_k: int) -> Any:
     del graph.output[:]
     graph.output.extend([helper.make_tensor_value_info(TOP_SHARE, TensorProto.FLOAT, ["N", top_k]),
                          helper.make_tensor_value_info(TOP_INDEX, TensorProto.INT64, ["N", top_k])])
+    return model
+
+
+def _powers_of_two(v: NDArray[Any]) -> bool:
+    """Whether every entry is a finite, normal power of two (products by it are exact)."""
+    if v.dtype != np.float32 or not np.all(np.isfinite(v)) or np.any(v == 0):
+        return False
+    mantissa, exponent = np.frexp(v)
+    # 2**e with e in float32's normal range: x * v then rounds only where x * v itself under- or overflows.
+    return bool(np.all(np.abs(mantissa) == 0.5) and np.all(exponent > -125) and np.all(exponent < 128))
+
+
+def fused_affine(model: Any) -> Any | None:
+    """A copy of ``model`` with each ``Add(Mul(x, scale), bias)`` on ``[N, D]`` as a ``BatchNormalization``; None if none.
+
+    Applies where ``scale`` and ``bias`` are float32 initializers of shape
+    ``[D]``, ``scale`` holds powers of two, ``x`` has rank 2 (shape
+    inference) and nothing else reads the product.  ``BatchNormalization``
+    with mean 0, variance 1 and epsilon 0 computes ``x * scale + bias``: the
+    product is exact, so whether the node rounds once (a fused multiply-add)
+    or twice, the result is that of the ``Mul`` and ``Add`` bit for bit
+    (outside float32's normal range the product underflows or overflows
+    alike).  For the CPU only: cuDNN raises epsilon to 1e-5.
+    """
+    from onnx import helper, numpy_helper, shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*inferred.graph.input, *inferred.graph.value_info]
+             if v.type.tensor_type.HasField("shape")}
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in _inputs_of(node):
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+
+    def vector(name: str) -> NDArray[Any] | None:
+        t = inits.get(name)
+        if t is None:
+            return None
+        v = numpy_helper.to_array(t)
+        return v if v.ndim == 1 and v.dtype == np.float32 and np.all(np.isfinite(v)) else None
+
+    fused: dict[int, Any] = {}  # position of a Mul -> its replacement; its Add's position is dropped
+    dropped: set[int] = set()
+    extra: list[Any] = []
+    position = {id(n): i for i, n in enumerate(model.graph.node)}
+    for at, node in enumerate(model.graph.node):
+        if node.op_type != "Mul" or len(node.input) != 2 or node.output[0] in outputs:
+            continue
+        x, s = node.input
+        scale = vector(s)
+        if scale is None:
+            x, s = s, x
+            scale = vector(s)
+        if scale is None or not _powers_of_two(scale) or ranks.get(x) != 2:
+            continue
+        after = readers.get(node.output[0], [])
+        if len(after) != 1 or after[0].op_type != "Add":
+            continue
+        add = after[0]
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        bias = vector(other)
+        if bias is None or bias.shape != scale.shape:
+            continue
+        k = f"anomstream_affine{len(fused)}"
+        extra += [numpy_helper.from_array(scale, f"{k}_scale"), numpy_helper.from_array(bias, f"{k}_bias"),
+                  numpy_helper.from_array(np.zeros_like(scale), f"{k}_mean"),
+                  numpy_helper.from_array(np.ones_like(scale), f"{k}_var")]
+        fused[at] = helper.make_node(
+            "BatchNormalization", [x, f"{k}_scale", f"{k}_bias", f"{k}_mean", f"{k}_var"], [add.output[0]],
+            name=f"{k}_node", epsilon=0.0,
+        )
+        dropped.add(position[id(add)])
+    if not fused:
+        return None
+    model = _copy(model)
+    nodes = [fused.get(i, n) for i, n in enumerate(model.graph.node) if i not in dropped]
+    _set_nodes(model.graph, nodes)
+    model.graph.initializer.extend(extra)
+    _drop_unused_initializers(model.graph)
     return model

@@ -251,3 +251,59 @@ def test_top_contributions_order_ties_and_nan_the_same_at_any_row_count() -> Non
         assert shares.tolist() == [[0.5, 0.5, 0.25]] * m
     idx, shares = _top_k(np.tile(np.array([np.nan, 0.0, np.nan], dtype=np.float32), (200, 1)), 3)
     assert idx.tolist() == [[1, 0, 2]] * 200
+
+
+def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(tmp_path: Path) -> None:
+    """HBOS's grid step ``z * 2**p + bias`` as one BatchNormalization: same bits, on the bin limits too."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from stream.serving_graph import fused_affine
+
+    art = _zoo_artifact(tmp_path, "hbos")
+    model = onnx.load(str(art.model_path))
+    fused = fused_affine(model)
+    assert fused is not None and fused_affine(fused) is None
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("BatchNormalization") == 1 and len(ops) == len(model.graph.node) - 1
+    limits = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "grid_thresholds"))
+    rng = np.random.default_rng(0)
+    columns = []
+    for j in range(limits.shape[1]):
+        lim = limits[:, j][np.isfinite(limits[:, j])]
+        columns.append(np.concatenate([
+            lim, np.nextafter(lim, np.float32(np.inf)), np.nextafter(lim, np.float32(-np.inf)),
+            rng.uniform(lim.min() - 1, lim.max() + 1, 300).astype(np.float32),
+            np.array([0.0, -0.0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, np.inf, -np.inf, np.nan], dtype=np.float32),
+        ]))
+    n = max(c.size for c in columns)
+    X = np.stack([np.resize(c, n) for c in columns], axis=1).astype(np.float32)
+    X = np.vstack([X, rng.permuted(X, axis=0)])  # every value beside others in other rows too
+    a = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    for want, got in zip(a.run(None, {"features": X}), b.run(None, {"features": X})):
+        np.testing.assert_array_equal(got, want)
+    # The core runs the fused graph on the CPU: its raw scores are the artifact's own.
+    np.testing.assert_array_equal(Scorer(art, providers="cpu").score(X).raw, a.run(["score"], {"features": X})[0])
+
+
+def test_fused_affine_leaves_other_scales_alone() -> None:
+    """A scale that is not a power of two would round its products: that Mul and Add stay."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stream.serving_graph import fused_affine
+
+    def graph(scale: list[float]) -> object:
+        return helper.make_model(helper.make_graph(
+            [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+            [numpy_helper.from_array(np.array(scale, dtype=np.float32), "s"),
+             numpy_helper.from_array(np.array([1.0, -3.0], dtype=np.float32), "b")],
+        ), opset_imports=[helper.make_opsetid("", 17)])
+
+    assert fused_affine(graph([0.1, 4.0])) is None
+    assert fused_affine(graph([0.0, 4.0])) is None
+    fused = fused_affine(graph([0.125, 4.0]))
+    assert fused is not None and [n.op_type for n in fused.graph.node] == ["BatchNormalization"]
