@@ -241,7 +241,7 @@ class ReferenceSet:
         cand = self._onnx_candidates(g, x, kk)
         if kk > 1:  # ascending row numbers, so that exact ties go to the lower number
             cand, _ = _smallest_sorted(g, cand, kk, "n_candidates", "candidates_in_order")
-        sq_diff, sq = self._onnx_exact(g, x, cand)
+        sq_diff, sq = self._onnx_exact(g, x, cand, kk)
         sq_k, pos = _smallest_sorted(g, sq, k, "k", "nearest")
         index = g.node("GatherElements", [cand, pos], axis=1, name_hint="index")
         # Per-feature sums over the k chosen candidates: a 0/1 weight per candidate, one MatMul.
@@ -281,7 +281,7 @@ class ReferenceSet:
         """
         kk = min(k + self._margin(), len(self))
         cand = self._onnx_candidates(g, x, kk)
-        sq_diff, sq = self._onnx_exact(g, x, cand)
+        sq_diff, sq = self._onnx_exact(g, x, cand, kk)
         if kk > k:
             kth = _kth_smallest(g, sq, k, kk, "kth")
             at_or_above = g.node(
@@ -307,11 +307,19 @@ class ReferenceSet:
         per_feature = g.node("Squeeze", [summed, _int64(g, "axes1", [1])], name_hint="per_feature")
         return sq, cand, weight, per_feature
 
-    def _onnx_exact(self, g: GraphBuilder, x: str, cand: str) -> tuple[str, str]:
-        """Exact float64 per-feature squared differences [N, kk, D] to ``cand`` and their sums [N, kk]."""
+    def _onnx_exact(self, g: GraphBuilder, x: str, cand: str, kk: int) -> tuple[str, str]:
+        """Exact float64 per-feature squared differences [N, kk, D] to ``cand`` [N, kk] and their sums [N, kk].
+
+        The query is tiled to ``[N, kk, D]`` before the subtraction:
+        onnxruntime broadcasts ``[N, 1, D]`` against ``[N, kk, D]`` span by
+        span of ``D`` values, and the Tile plus a plain Sub cost less (LOF's
+        graph 5% at 256 rows).
+        """
+        d = self.rows.shape[1]
         rows = g.node("Gather", [g.initializer("ref_raw", self._raw()), cand], axis=0)
         x64 = g.node("Cast", [x], to=_DOUBLE, name_hint="x64")
-        x3 = g.node("Unsqueeze", [x64, _int64(g, "axes1", [1])])
+        tiled = g.node("Tile", [x64, _int64(g, "candidate_repeats", [1, kk])], name_hint="x_tiled")
+        x3 = g.node("Reshape", [tiled, _int64(g, "candidate_shape", [0, kk, d])], name_hint="x_per_candidate")
         diff = g.node("Sub", [x3, rows], name_hint="diff")
         sq_diff = g.node("Mul", [diff, diff], name_hint="sq_diff")
         sq = g.node(
