@@ -21,7 +21,9 @@ For each detector of :data:`models.zoo.ALGORITHMS` and one ensemble
 Models are fitted here on 10,000 × 32 synthetic rows with
 :class:`models.pipeline.Pipeline` at each detector's default hyperparameters
 and calibrated and carded like ``anomstream train`` does (threshold from
-contamination 0.01).  Prints one table of rows/s (p50 / p99 ms per batch),
+contamination 0.01).  The engines of one detector and batch size are timed
+in five alternating slices, so a slow spell of the shared machine weighs on
+all of them alike.  Prints one table of rows/s (p50 / p99 ms per batch),
 then the ratios core/PyOD and core/bare per cell with the cells below the
 targets flagged (core ≥ 5× PyOD at batch 256; core ≥ 0.8× bare).  Run by
 ``make bench``; about 5 minutes on a 2-core machine.
@@ -35,7 +37,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,7 @@ BATCHES = (1, 16, 256, 4096)
 ENSEMBLE = ("iforest", "ecod", "knn")
 PYOD_TARGET = 5.0  # core vs PyOD at batch 256
 BARE_TARGET = 0.8  # core vs bare session, every batch
+_ROUNDS = 5  # alternating slices per cell (see _time_interleaved)
 
 Cell = tuple[float, float, float]  # rows/s, p50 ms, p99 ms
 
@@ -181,6 +184,42 @@ def _time(fn: Callable[[np.ndarray], Any], X: np.ndarray, batch: int, budget_s: 
     return batch * len(t) / t.sum(), float(np.percentile(t, 50) * 1e3), float(np.percentile(t, 99) * 1e3)
 
 
+def _time_interleaved(
+    engines: list[tuple[str, Callable[[np.ndarray], Any]]], limits: dict[str, Callable[[], AbstractContextManager[Any]]],
+    X: np.ndarray, batch: int, budget_s: float, rounds: int = _ROUNDS,
+) -> dict[str, Cell]:
+    """:func:`_time` for several engines, in ``rounds`` alternating slices of ``budget_s / rounds`` each.
+
+    The reference machine is a shared VM whose speed drifts by up to 1.5x for
+    a minute at a time; timing the engines one after the other let such a
+    spell land on one of them.  Alternating slices spread it over all alike
+    (each engine keeps cycling through its own rows of ``X``).
+    """
+    n = X.shape[0]
+    times: dict[str, list[float]] = {engine: [] for engine, _ in engines}
+    calls = dict.fromkeys(times, 0)
+    for engine, fn in engines:  # warm-up
+        with limits[engine]():
+            fn(X[:batch])
+    for _ in range(rounds):
+        for engine, fn in engines:
+            with limits[engine]():
+                start = time.perf_counter()
+                t = times[engine]
+                while time.perf_counter() - start < budget_s / rounds or not t:
+                    lo = (calls[engine] * batch) % max(n - batch, 1)
+                    chunk = X[lo:lo + batch]
+                    t0 = time.perf_counter()
+                    fn(chunk)
+                    t.append(time.perf_counter() - t0)
+                    calls[engine] += 1
+    out: dict[str, Cell] = {}
+    for engine, t in times.items():
+        a = np.array(t)
+        out[engine] = batch * len(a) / a.sum(), float(np.percentile(a, 50) * 1e3), float(np.percentile(a, 99) * 1e3)
+    return out
+
+
 def _river(X_train: np.ndarray, X: np.ndarray, budget_s: float) -> dict[int, Cell] | None:
     """StandardScaler | HalfSpaceTrees, learn_one + score_one per event, timed per batch of events."""
     try:
@@ -262,15 +301,16 @@ def main() -> None:
             print(f"  {name}: core on CUDA {'replays CUDA graphs' if scorer.cuda_graphs else 'binds per call'}",
                   flush=True)
             engines.append(("core CUDA", scorer.score))
-        for engine, fn in engines:
-            if engine == "PyOD":
-                with _threads(1):  # the core runs one intra-op thread; PyOD's BLAS/OpenMP/torch pools alike
-                    results[(name, engine)] = {b: _time(fn, X, b, args.seconds) for b in BATCHES}
-                # and at its defaults (both cores) against the core at two threads, batch 256
-                pyod_default[name] = _time(fn, X, 256, args.seconds)
-                core_two[name] = _time(Scorer(art, providers="cpu", threads=2).score, X, 256, args.seconds)
-            else:
-                results[(name, engine)] = {b: _time(fn, X, b, args.seconds) for b in BATCHES}
+        # The core runs one intra-op thread; PyOD's BLAS/OpenMP/torch pools alike.
+        limits = {engine: (lambda: _threads(1)) if engine == "PyOD" else nullcontext for engine, _ in engines}
+        for b in BATCHES:
+            cells = _time_interleaved(engines, limits, X, b, args.seconds)
+            for engine, cell in cells.items():
+                results.setdefault((name, engine), {})[b] = cell
+        if native is not None:  # PyOD at its defaults (both cores) against the core at two threads, batch 256
+            pair = [("PyOD", native), ("core", Scorer(art, providers="cpu", threads=2).score)]
+            cells = _time_interleaved(pair, {"PyOD": nullcontext, "core": nullcontext}, X, 256, args.seconds)
+            pyod_default[name], core_two[name] = cells["PyOD"], cells["core"]
         print(f"  {name} done", flush=True)
     hst = _river(X_train, X, args.seconds)
     if hst is not None:
