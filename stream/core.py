@@ -87,6 +87,12 @@ from stream.errors import ScoringError
 
 __all__ = ["TOP_K", "ScoredBatch", "Scorer", "choose_providers"]
 
+# np.interp's compiled function without its Python wrapper (complex and periodic inputs): 0.8 µs a call.
+try:
+    from numpy._core.multiarray import interp as _interp
+except ImportError:  # numpy 1.26
+    from numpy.core.multiarray import interp as _interp  # type: ignore[no-redef]
+
 log = logging.getLogger(__name__)
 TOP_K = 3
 ProviderChoice = Literal["auto", "cpu", "cuda"]
@@ -379,7 +385,7 @@ class Scorer:
             return np.where(np.asarray(raw, dtype=np.float64) > self._cal_x[0], 1.0, 0.0)
         if raw.shape[0] >= _LOOKUP_ROWS and self._lookup is not None:
             return self._lookup(raw)
-        out: NDArray[np.float64] = np.interp(raw, self._cal_x, self._cal_y, left=0.0, right=1.0)
+        out: NDArray[np.float64] = _interp(raw, self._cal_x, self._cal_y, 0.0, 1.0)
         return out
 
     def score(self, X: NDArray[np.float32]) -> ScoredBatch:
