@@ -416,10 +416,10 @@ class Scorer:
             idx, shares = self._no_idx, self._no_shares
         elif contrib is None:
             t0 = perf_counter()
-            idx, shares = self._alerting_top(X[rows])
+            idx, shares = self._alerting_top(X.take(rows, axis=0))
             elapsed += perf_counter() - t0
         else:
-            idx, shares = _top_k(contrib[rows], self._top_k)
+            idx, shares = _top_k(contrib.take(rows, axis=0), self._top_k)
         return ScoredBatch(
             raw=raw, score=score, anomaly=anomaly, severity=severity, anomalous_rows=rows,
             top_features=idx, top_shares=shares, inference_s=elapsed,
@@ -431,7 +431,7 @@ class Scorer:
             return np.searchsorted(self._cuts, score, side="right").astype(np.int8)
         severity = np.zeros(score.shape[0], dtype=np.int8)
         if rows.size > _FEW_ROWS:
-            severity[rows] = np.searchsorted(self._cuts, score[rows], side="right")
+            severity[rows] = np.searchsorted(self._cuts, score.take(rows), side="right")
         elif rows.size:  # a few alerting rows: bisect in Python (0.7 against 1.9 µs for 3 rows)
             cuts, item = self._cuts_list, score.item
             for r in rows.tolist():
@@ -586,11 +586,13 @@ def _top_k(c: NDArray[np.float32], k: int) -> tuple[NDArray[np.intp], NDArray[np
 
     Ties go to the lower column and NaN ranks after every number, whatever
     the number of rows (a stable sort of ``-c``; the decision graph's
-    ``TopK`` orders the same way).
+    ``TopK`` orders the same way).  Methods and ``take`` rather than
+    ``np.argsort`` and fancy indexing: 2.0 against 4.3 µs for 3 rows of 32.
     """
     m, d = c.shape
-    idx = np.argsort(-c, axis=1, kind="stable")[:, :k]
-    return idx, np.ascontiguousarray(c).ravel()[idx + _row_starts(m, d)]
+    c = np.ascontiguousarray(c)
+    idx = (-c).argsort(axis=1, kind="stable")[:, :k]
+    return idx, c.take(idx + _row_starts(m, d))
 
 
 @lru_cache(maxsize=64)
