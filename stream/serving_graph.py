@@ -13,12 +13,12 @@ The artifact's ``model.onnx`` keeps the contract's outputs (raw ``score`` and
 * :func:`top_contributions` — the graph pruned to ``contributions`` with a
   ``TopK`` appended, run on the alerting rows where contributions come on
   demand;
-* :func:`fused_affine` — on the CPU, each per-column ``Mul`` by powers of two
-  followed by a per-column ``Add`` as one ``BatchNormalization`` (the
-  histogram grids' ``z * scale + bias``).  onnxruntime broadcasts a ``[D]``
-  operand over ``[N, D]`` row by row (~2.5 µs per op at 256 × 32, against
-  ~0.4 µs for a scalar); the fused node costs about what one scalar op does.
-  The products are exact, so one rounding or two give the same bits.
+* :func:`fused_affine` — on the CPU, each per-column affine step on the
+  input side (the histogram grids' ``z * 2**p + bias``, the scalers' and
+  centrings' ``x - c``) as one ``BatchNormalization``.  onnxruntime
+  broadcasts a ``[D]`` operand over ``[N, D]`` row by row (~2.5 µs per op at
+  256 × 32, against ~0.4 µs for a scalar); the fused node costs less than
+  one such op.  Every product is exact, so the bits are the original's.
 
 Appending the card's calibration and threshold as nodes was measured too and
 dropped: onnxruntime's ``Gather`` on a few hundred indices costs about as much
@@ -159,83 +159,116 @@ def top_contributions(model: Any, top_k: int) -> Any:
     return model
 
 
-def _powers_of_two(v: NDArray[Any]) -> bool:
-    """Whether every entry is a finite, normal power of two (products by it are exact)."""
-    if v.dtype != np.float32 or not np.all(np.isfinite(v)) or np.any(v == 0):
+def _positive_powers_of_two(v: NDArray[Any]) -> bool:
+    """Whether every entry is a positive power of two in float32's normal range (products by it are exact)."""
+    if v.dtype != np.float32 or not np.all(np.isfinite(v)) or not np.all(v > 0):
         return False
     mantissa, exponent = np.frexp(v)
-    # 2**e with e in float32's normal range: x * v then rounds only where x * v itself under- or overflows.
-    return bool(np.all(np.abs(mantissa) == 0.5) and np.all(exponent > -125) and np.all(exponent < 128))
+    # x * 2**e rounds only where the product itself leaves the normal range, alike in every form.
+    return bool(np.all(mantissa == 0.5) and np.all(exponent > -125) and np.all(exponent < 128))
+
+
+# Producers a BatchNormalization must not follow: onnxruntime folds one after a MatMul or Conv
+# (through reshapes) into the weights, which would round differently.
+_NO_BN_AFTER = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
 
 
 def fused_affine(model: Any) -> Any | None:
-    """A copy of ``model`` with each ``Add(Mul(x, scale), bias)`` on ``[N, D]`` as a ``BatchNormalization``; None if none.
+    """A copy of ``model`` with its per-column affine steps on ``[N, D]`` as ``BatchNormalization``; None if none.
 
-    Applies where ``scale`` and ``bias`` are float32 initializers of shape
-    ``[D]``, ``scale`` holds powers of two, ``x`` has rank 2 (shape
-    inference) and nothing else reads the product.  ``BatchNormalization``
-    with mean 0, variance 1 and epsilon 0 computes ``x * scale + bias``: the
-    product is exact, so whether the node rounds once (a fused multiply-add)
-    or twice, the result is that of the ``Mul`` and ``Add`` bit for bit
-    (outside float32's normal range the product underflows or overflows
-    alike).  For the CPU only: cuDNN raises epsilon to 1e-5.
+    Rewrites, with ``c``, ``b``, ``s`` float32 initializers of shape ``[D]``
+    and ``s`` positive powers of two: ``Add(Mul(x, s), b)`` (nothing else
+    reading the product) as ``x * s + b``; ``Sub(x, c)`` as ``x * 1 + (-c)``;
+    ``Add(x, b)`` as ``x * 1 + b``; ``Mul(x, s)`` as ``x * s + (-0.0)``;
+    ``Div(x, s)`` as ``x * (1 / s) + (-0.0)``.  ``BatchNormalization`` with
+    mean 0, variance 1 and epsilon 0 computes ``x * scale + bias``, and every
+    product here is exact, so whether the node rounds once (a fused
+    multiply-add) or twice, each result is the original's bit for bit: the
+    one rounding is the addition's, ``x - c`` is ``x + (-c)`` in IEEE
+    arithmetic, and adding ``-0.0`` keeps every value, ``-0.0`` included.
+    ``x`` must have rank 2 with ``D`` columns (shape inference) and not come
+    from a MatMul, Gemm, Conv or reshape, which onnxruntime would fold a
+    ``BatchNormalization`` into.  For the CPU only: cuDNN raises epsilon to
+    1e-5.
     """
     from onnx import helper, numpy_helper, shape_inference
 
     inferred = shape_inference.infer_shapes(model)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim)
-             for v in [*inferred.graph.input, *inferred.graph.value_info]
-             if v.type.tensor_type.HasField("shape")}
+    widths: dict[str, int | None] = {}
+    for v in [*inferred.graph.input, *inferred.graph.value_info]:
+        if v.type.tensor_type.HasField("shape") and len(v.type.tensor_type.shape.dim) == 2:
+            dim = v.type.tensor_type.shape.dim[1]
+            widths[v.name] = dim.dim_value if dim.HasField("dim_value") else None
     inits = {t.name: t for t in model.graph.initializer}
     readers: dict[str, list[Any]] = {}
+    producer: dict[str, str] = {}
     for node in model.graph.node:
         for name in _inputs_of(node):
             readers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node.op_type
     outputs = {o.name for o in model.graph.output}
 
-    def vector(name: str) -> NDArray[Any] | None:
+    def vector(name: str) -> NDArray[np.float32] | None:
         t = inits.get(name)
         if t is None:
             return None
         v = numpy_helper.to_array(t)
         return v if v.ndim == 1 and v.dtype == np.float32 and np.all(np.isfinite(v)) else None
 
-    fused: dict[int, Any] = {}  # position of a Mul -> its replacement; its Add's position is dropped
-    dropped: set[int] = set()
-    extra: list[Any] = []
-    position = {id(n): i for i, n in enumerate(model.graph.node)}
-    for at, node in enumerate(model.graph.node):
-        if node.op_type != "Mul" or len(node.input) != 2 or node.output[0] in outputs:
-            continue
-        x, s = node.input
-        scale = vector(s)
-        if scale is None:
-            x, s = s, x
-            scale = vector(s)
-        if scale is None or not _powers_of_two(scale) or ranks.get(x) != 2:
-            continue
+    def affine(node: Any) -> tuple[str, NDArray[np.float32], NDArray[np.float32], Any | None] | None:
+        """(x, scale, bias, the Add folded in or None) for a node that is a per-column affine step."""
+        if node.op_type not in ("Mul", "Add", "Sub", "Div") or len(node.input) != 2:
+            return None
+        x, v = node.input[0], vector(node.input[1])
+        if v is None and node.op_type in ("Mul", "Add"):
+            x, v = node.input[1], vector(node.input[0])
+        if v is None or inits.get(x) is not None or producer.get(x) in _NO_BN_AFTER or widths.get(x) != v.size:
+            return None
+        one, minus_zero = np.ones_like(v), np.full_like(v, -0.0)
+        if node.op_type == "Sub":
+            return x, one, -v, None
+        if node.op_type == "Add":
+            return x, one, v, None
+        if not _positive_powers_of_two(v):
+            return None
+        if node.op_type == "Div":
+            return x, (1.0 / v).astype(np.float32), minus_zero, None
         after = readers.get(node.output[0], [])
-        if len(after) != 1 or after[0].op_type != "Add":
+        if len(after) == 1 and after[0].op_type == "Add" and node.output[0] not in outputs:
+            add = after[0]
+            bias = vector(add.input[1] if add.input[0] == node.output[0] else add.input[0])
+            if bias is not None and bias.shape == v.shape:
+                return x, v, bias, add
+        return x, v, minus_zero, None
+
+    nodes = list(model.graph.node)
+    position = {id(n): i for i, n in enumerate(nodes)}
+    fused: dict[int, Any] = {}  # position of a node -> its replacement
+    dropped: set[int] = set()  # positions of Adds folded into a Mul's replacement
+    extra: list[Any] = []
+    for at, node in enumerate(nodes):
+        if at in dropped:
             continue
-        add = after[0]
-        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-        bias = vector(other)
-        if bias is None or bias.shape != scale.shape:
+        found = affine(node)
+        if found is None:
             continue
+        x, scale, bias, add = found
+        out = node.output[0] if add is None else add.output[0]
         k = f"anomstream_affine{len(fused)}"
         extra += [numpy_helper.from_array(scale, f"{k}_scale"), numpy_helper.from_array(bias, f"{k}_bias"),
                   numpy_helper.from_array(np.zeros_like(scale), f"{k}_mean"),
                   numpy_helper.from_array(np.ones_like(scale), f"{k}_var")]
         fused[at] = helper.make_node(
-            "BatchNormalization", [x, f"{k}_scale", f"{k}_bias", f"{k}_mean", f"{k}_var"], [add.output[0]],
+            "BatchNormalization", [x, f"{k}_scale", f"{k}_bias", f"{k}_mean", f"{k}_var"], [out],
             name=f"{k}_node", epsilon=0.0,
         )
-        dropped.add(position[id(add)])
+        if add is not None:
+            dropped.add(position[id(add)])
     if not fused:
         return None
     model = _copy(model)
-    nodes = [fused.get(i, n) for i, n in enumerate(model.graph.node) if i not in dropped]
-    _set_nodes(model.graph, nodes)
+    _set_nodes(model.graph, [fused.get(i, n) for i, n in enumerate(model.graph.node) if i not in dropped])
     model.graph.initializer.extend(extra)
     _drop_unused_initializers(model.graph)
     return model

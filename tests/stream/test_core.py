@@ -289,7 +289,8 @@ def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(
 
 
 def test_fused_affine_leaves_other_scales_alone() -> None:
-    """A scale that is not a power of two would round its products: that Mul and Add stay."""
+    """A scale that is not a positive power of two would round its products: that Mul stays a Mul."""
+    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from stream.serving_graph import fused_affine
@@ -301,9 +302,41 @@ def test_fused_affine_leaves_other_scales_alone() -> None:
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
             [numpy_helper.from_array(np.array(scale, dtype=np.float32), "s"),
              numpy_helper.from_array(np.array([1.0, -3.0], dtype=np.float32), "b")],
-        ), opset_imports=[helper.make_opsetid("", 17)])
+        ), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
-    assert fused_affine(graph([0.1, 4.0])) is None
-    assert fused_affine(graph([0.0, 4.0])) is None
-    fused = fused_affine(graph([0.125, 4.0]))
-    assert fused is not None and [n.op_type for n in fused.graph.node] == ["BatchNormalization"]
+    X = np.array([[0.3, -7.1], [-0.0, 0.0], [1e-40, 3e38], [np.inf, -np.inf], [np.nan, 2.5]], dtype=np.float32)
+    for scale, ops in (([0.1, 4.0], ["Mul", "BatchNormalization"]), ([-4.0, 4.0], ["Mul", "BatchNormalization"]),
+                       ([0.125, 4.0], ["BatchNormalization"])):
+        model = graph(scale)
+        fused = fused_affine(model)
+        assert fused is not None and [n.op_type for n in fused.graph.node] == ops, scale
+        a = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+        b = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+        want, got = a.run(None, {"x": X})[0], b.run(None, {"x": X})[0]
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))  # -0.0 and NaN bits too
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_fused_affine_is_bit_identical_for_every_zoo_graph(algorithm: str, tmp_path: Path) -> None:
+    """Every per-column step rewritten as a BatchNormalization gives the artifact's bits, on extreme values too."""
+    import onnx
+    import onnxruntime as ort
+
+    from stream.serving_graph import fused_affine
+
+    art = _zoo_artifact(tmp_path, algorithm)
+    model = onnx.load(str(art.model_path))  # type: ignore[attr-defined]
+    fused = fused_affine(model)
+    if fused is None:
+        pytest.skip(f"{algorithm}: no per-column affine step on the input side")
+    assert "BatchNormalization" in {n.op_type for n in fused.graph.node}
+    gen = SyntheticStream(n_features=6, seed=21)
+    X, _ = gen.sample(600, anomaly_rate=0.05)
+    rng = np.random.default_rng(1)
+    for value in (np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0, 1e-40, np.nan):
+        X[rng.random(X.shape) < 0.03] = value
+    X = X.astype(np.float32)
+    a = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    for want, got in zip(a.run(None, {"features": X}), b.run(None, {"features": X})):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
