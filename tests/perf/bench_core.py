@@ -22,9 +22,10 @@ Models are fitted here on 10,000 × 32 synthetic rows with
 :class:`models.pipeline.Pipeline` at each detector's default hyperparameters
 and calibrated and carded like ``anomstream train`` does (threshold from
 contamination 0.01).  The engines of one detector and batch size are timed
-in five alternating slices, so a slow spell of the shared machine weighs on
+in ten alternating slices, so a slow spell of the shared machine weighs on
 all of them alike.  Prints one table of rows/s (p50 / p99 ms per batch),
-then the ratios core/PyOD and core/bare per cell with the cells below the
+then the ratios core/PyOD and core/bare per cell (the median over the slices
+of the ratio between neighbouring slices) with the cells below the
 targets flagged (core ≥ 5× PyOD at batch 256; core ≥ 0.8× bare).  Run by
 ``make bench``; about 5 minutes on a 2-core machine.
 """
@@ -57,7 +58,7 @@ BATCHES = (1, 16, 256, 4096)
 ENSEMBLE = ("iforest", "ecod", "knn")
 PYOD_TARGET = 5.0  # core vs PyOD at batch 256
 BARE_TARGET = 0.8  # core vs bare session, every batch
-_ROUNDS = 5  # alternating slices per cell (see _time_interleaved)
+_ROUNDS = 10  # alternating slices per cell (see _time_interleaved)
 
 Cell = tuple[float, float, float]  # rows/s, p50 ms, p99 ms
 
@@ -187,16 +188,22 @@ def _time(fn: Callable[[np.ndarray], Any], X: np.ndarray, batch: int, budget_s: 
 def _time_interleaved(
     engines: list[tuple[str, Callable[[np.ndarray], Any]]], limits: dict[str, Callable[[], AbstractContextManager[Any]]],
     X: np.ndarray, batch: int, budget_s: float, rounds: int = _ROUNDS,
+    rates: dict[int, dict[str, list[float]]] | None = None,
 ) -> dict[str, Cell]:
     """:func:`_time` for several engines, in ``rounds`` alternating slices of ``budget_s / rounds`` each.
 
-    The reference machine is a shared VM whose speed drifts by up to 1.5x for
-    a minute at a time; timing the engines one after the other let such a
-    spell land on one of them.  Alternating slices spread it over all alike
-    (each engine keeps cycling through its own rows of ``X``).
+    The reference machine is a shared VM whose speed flips by up to 1.6x for
+    seconds to minutes at a time; timing the engines one after the other let
+    such a spell land on one of them.  Alternating slices spread it over all
+    alike (each engine keeps cycling through its own rows of ``X``), and each
+    round's rows/s per engine go to ``rates[batch]``: the ratio tables take
+    the median over rounds of the ratio within a round, whose slices ran
+    side by side.
     """
+    rates = {} if rates is None else rates
     n = X.shape[0]
     times: dict[str, list[float]] = {engine: [] for engine, _ in engines}
+    per_round: dict[str, list[float]] = {engine: [] for engine, _ in engines}
     calls = dict.fromkeys(times, 0)
     for engine, fn in engines:  # warm-up
         with limits[engine]():
@@ -206,18 +213,26 @@ def _time_interleaved(
             with limits[engine]():
                 start = time.perf_counter()
                 t = times[engine]
-                while time.perf_counter() - start < budget_s / rounds or not t:
+                first = len(t)
+                while time.perf_counter() - start < budget_s / rounds or len(t) == first:
                     lo = (calls[engine] * batch) % max(n - batch, 1)
                     chunk = X[lo:lo + batch]
                     t0 = time.perf_counter()
                     fn(chunk)
                     t.append(time.perf_counter() - t0)
                     calls[engine] += 1
+                per_round[engine].append(batch * (len(t) - first) / sum(t[first:]))
+    rates[batch] = per_round
     out: dict[str, Cell] = {}
     for engine, t in times.items():
         a = np.array(t)
         out[engine] = batch * len(a) / a.sum(), float(np.percentile(a, 50) * 1e3), float(np.percentile(a, 99) * 1e3)
     return out
+
+
+def _paired_ratio(rounds: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s rows/s over ``b``'s in the same round (see :func:`_time_interleaved`)."""
+    return float(np.median(np.array(rounds[a]) / np.array(rounds[b])))
 
 
 def _river(X_train: np.ndarray, X: np.ndarray, budget_s: float) -> dict[int, Cell] | None:
@@ -278,6 +293,7 @@ def main() -> None:
         _session_grid(models, X, args.seconds)
         return
     results: dict[tuple[str, str], dict[int, Cell]] = {}
+    round_rates: dict[str, dict[int, dict[str, list[float]]]] = {}
     pyod_default: dict[str, Cell] = {}
     core_two: dict[str, Cell] = {}
     for name in wanted:
@@ -304,7 +320,7 @@ def main() -> None:
         # The core runs one intra-op thread; PyOD's BLAS/OpenMP/torch pools alike.
         limits = {engine: (lambda: _threads(1)) if engine == "PyOD" else nullcontext for engine, _ in engines}
         for b in BATCHES:
-            cells = _time_interleaved(engines, limits, X, b, args.seconds)
+            cells = _time_interleaved(engines, limits, X, b, args.seconds, rates=round_rates.setdefault(name, {}))
             for engine, cell in cells.items():
                 results.setdefault((name, engine), {})[b] = cell
         if native is not None:  # PyOD at its defaults (both cores) against the core at two threads, batch 256
@@ -324,17 +340,17 @@ def main() -> None:
         row = " | ".join(f"{c[0]:,.0f} ({_ms(c[1])} / {_ms(c[2])})" for c in (cells[b] for b in BATCHES))
         print(f"| {name} | {engine} | {row} |")
     print()
-    print(f"core / PyOD and core / bare per batch size; * marks a cell below target "
+    print(f"core / PyOD and core / bare per batch size (median of the ratios within each of the {_ROUNDS} "
+          f"rounds); * marks a cell below target "
           f"(core/PyOD ≥ {PYOD_TARGET:g} at batch 256, core/bare ≥ {BARE_TARGET:g})\n")
     print("| model | " + " | ".join(f"/PyOD {b}" for b in BATCHES) + " | " + " | ".join(f"/bare {b}" for b in BATCHES) + " |")
     print("|---|" + "---|" * (2 * len(BATCHES)))
     missed: list[str] = []
     for name in wanted:
-        core = results[(name, "core")]
         cells = []
         for b in BATCHES:
             if (name, "PyOD") in results:
-                r = core[b][0] / results[(name, "PyOD")][b][0]
+                r = _paired_ratio(round_rates[name][b], "core", "PyOD")
                 low = b == 256 and r < PYOD_TARGET
                 cells.append(f"{r:.1f}×{'*' if low else ''}")
                 if low:
@@ -342,7 +358,7 @@ def main() -> None:
             else:
                 cells.append("n/a")
         for b in BATCHES:
-            r = core[b][0] / results[(name, "bare ORT")][b][0]
+            r = _paired_ratio(round_rates[name][b], "core", "bare ORT")
             low = r < BARE_TARGET
             cells.append(f"{r:.2f}{'*' if low else ''}")
             if low:
