@@ -140,6 +140,21 @@ def _zoo_artifact(root: Path, algorithm: str) -> object:
     return Artifact.write(root / algorithm, pipe.to_onnx(list(features)), card)
 
 
+def _zoo_graph(root: Path, algorithm: str) -> tuple[object, object]:
+    """The artifact of :func:`_zoo_artifact` and its graph, loaded."""
+    import onnx
+
+    art = _zoo_artifact(root, algorithm)
+    return art, onnx.load(str(art.model_path))  # type: ignore[attr-defined]
+
+
+def _cpu(model: object) -> object:
+    """A CPU session on an in-memory graph."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_cuda_scores_equal_cpu_scores_at_every_bucket(algorithm: str, tmp_path: Path) -> None:
     _cuda_or_skip()
@@ -220,21 +235,16 @@ def test_complete_batches_without_imputation_score_the_same_for_every_zoo_graph(
 
 
 def test_graph_without_imputation_drops_only_the_imputation(tmp_path: Path) -> None:
-    import onnx
-    import onnxruntime as ort
-
     from stream.serving_graph import without_imputation
 
-    art = _zoo_artifact(tmp_path, "pca")
-    model = onnx.load(str(art.model_path))
+    _, model = _zoo_graph(tmp_path, "pca")
     stripped = without_imputation(model)
     assert stripped is not None and without_imputation(stripped) is None
     kept = [n.op_type for n in stripped.graph.node]
     assert len(kept) == len(model.graph.node) - 2 and "IsNaN" not in kept
     assert "medians" not in {t.name for t in stripped.graph.initializer}
     X, _ = SyntheticStream(n_features=6, seed=2).sample(50, anomaly_rate=0.0)
-    full = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    bare = ort.InferenceSession(stripped.SerializeToString(), providers=["CPUExecutionProvider"])
+    full, bare = _cpu(model), _cpu(stripped)
     np.testing.assert_array_equal(full.run(None, {"features": X})[0], bare.run(None, {"features": X})[0])
     X[0, 0] = np.nan  # the stripped graph no longer imputes: the core must not hand it such a row
     assert np.isnan(bare.run(["score"], {"features": X})[0][0])
@@ -255,14 +265,11 @@ def test_top_contributions_order_ties_and_nan_the_same_at_any_row_count() -> Non
 
 def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(tmp_path: Path) -> None:
     """HBOS's grid step ``z * 2**p + bias`` as one BatchNormalization: same bits, on the bin limits too."""
-    import onnx
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     from stream.serving_graph import fused_affine
 
-    art = _zoo_artifact(tmp_path, "hbos")
-    model = onnx.load(str(art.model_path))
+    art, model = _zoo_graph(tmp_path, "hbos")
     fused = fused_affine(model)
     assert fused is not None and fused_affine(fused) is None
     ops = [n.op_type for n in fused.graph.node]
@@ -280,8 +287,7 @@ def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(
     n = max(c.size for c in columns)
     X = np.stack([np.resize(c, n) for c in columns], axis=1).astype(np.float32)
     X = np.vstack([X, rng.permuted(X, axis=0)])  # every value beside others in other rows too
-    a = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    b = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = _cpu(model), _cpu(fused)
     for want, got in zip(a.run(None, {"features": X}), b.run(None, {"features": X})):
         np.testing.assert_array_equal(got, want)
     # The core runs the fused graph on the CPU: its raw scores are the artifact's own.
@@ -290,7 +296,6 @@ def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(
 
 def test_fused_affine_leaves_other_scales_alone() -> None:
     """A scale that is not a positive power of two would round its products: that Mul stays a Mul."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from stream.serving_graph import fused_affine
@@ -310,22 +315,16 @@ def test_fused_affine_leaves_other_scales_alone() -> None:
         model = graph(scale)
         fused = fused_affine(model)
         assert fused is not None and [n.op_type for n in fused.graph.node] == ops, scale
-        a = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
-        b = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
-        want, got = a.run(None, {"x": X})[0], b.run(None, {"x": X})[0]
+        want, got = _cpu(model).run(None, {"x": X})[0], _cpu(fused).run(None, {"x": X})[0]
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))  # -0.0 and NaN bits too
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_fused_affine_is_bit_identical_for_every_zoo_graph(algorithm: str, tmp_path: Path) -> None:
     """Every per-column step rewritten as a BatchNormalization gives the artifact's bits, on extreme values too."""
-    import onnx
-    import onnxruntime as ort
-
     from stream.serving_graph import fused_affine
 
-    art = _zoo_artifact(tmp_path, algorithm)
-    model = onnx.load(str(art.model_path))  # type: ignore[attr-defined]
+    _, model = _zoo_graph(tmp_path, algorithm)
     fused = fused_affine(model)
     if fused is None:
         pytest.skip(f"{algorithm}: no per-column affine step on the input side")
@@ -336,7 +335,5 @@ def test_fused_affine_is_bit_identical_for_every_zoo_graph(algorithm: str, tmp_p
     for value in (np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0, 1e-40, np.nan):
         X[rng.random(X.shape) < 0.03] = value
     X = X.astype(np.float32)
-    a = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    b = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
-    for want, got in zip(a.run(None, {"features": X}), b.run(None, {"features": X})):
+    for want, got in zip(_cpu(model).run(None, {"features": X}), _cpu(fused).run(None, {"features": X})):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
