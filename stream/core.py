@@ -242,7 +242,9 @@ class Scorer:
             fused = serving_graph.fused_affine(model)
             if fused is not None:  # exact, and cheaper on every batch size: no timing needed
                 model = fused
-                self._run_c = self._session_from(model, "graph with fused affine steps").run
+                # It replaces the artifact's session, so the weights are held once.
+                self._session = self._cpu_session(model, "graph with fused affine steps")
+                self._bind_session()
             if contributions != "all":
                 # onnxruntime runs every node of a graph whatever the outputs asked for, so the
                 # score alone runs in a second session on the graph pruned to the score's nodes.
@@ -267,14 +269,18 @@ class Scorer:
             " with CUDA graphs" if self._cuda_graphs else "",
         )
 
-    def _session_from(self, model: Any, what: str) -> Any:
-        """A CPU session (the C one: no per-call input validation) on an in-memory graph."""
+    def _cpu_session(self, model: Any, what: str) -> ort.InferenceSession:
+        """A CPU session on an in-memory graph."""
         try:
-            session = ort.InferenceSession(
+            return ort.InferenceSession(
                 model.SerializeToString(), sess_options=self._session_options(), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
             raise ScoringError(f"model {self.ref!r}: {what}: {' '.join(str(exc).split())}") from None
+
+    def _session_from(self, model: Any, what: str) -> Any:
+        """A CPU session on an in-memory graph, the C one (no per-call input validation)."""
+        session = self._cpu_session(model, what)
         return getattr(session, "_sess", session)
 
     def _race(self, *trials: Callable[[], object]) -> list[float]:
