@@ -158,14 +158,19 @@ class Scorer:
     providers : {"auto", "cpu", "cuda"}
     threads : int
         Intra-op threads; 0 picks 1 on the CPU (see module docstring).
-    contributions : {"auto", "all", "alerting"}
+    contributions : {"auto", "all", "alerting", "handover"}
         ``all`` runs the whole graph on every batch; ``alerting`` asks the
         graph for scores alone and for contributions of the alerting rows
-        only, in a second call; ``auto`` times both once at load and picks
-        ``alerting`` where the score alone on 256 rows plus the whole graph
-        on 4 rows cost at most 95% of the whole graph on 256 rows.  Results
-        are the same either way (rows score independently of their batch).
-        On CUDA the whole graph always runs.
+        only, in a second call, recomputing them from the features or from
+        tensors the score call hands over
+        (:func:`stream.serving_graph.contribution_handover`: KNN's and LOF's
+        neighbours), whichever timed faster at load; ``handover`` insists on
+        the hand-over where the graph has one; ``auto`` times the ways once
+        at load and splits where the score alone on 256 rows plus the
+        contributions of 4 rows cost at most 95% of the whole graph on 256
+        rows.  Results are the same every way (rows score independently of
+        their batch, and handed-over tensors are the very values the second
+        call would compute).  On CUDA the whole graph always runs.
     imputation : {"auto", "always", "skip"}
         On the CPU, a batch of at least 8 rows without NaN (its minimum is
         not NaN) can run the graph without its imputation nodes
@@ -176,7 +181,7 @@ class Scorer:
 
     def __init__(
         self, artifact: Artifact, *, providers: ProviderChoice = "auto", threads: int = 0,
-        contributions: Literal["auto", "all", "alerting"] = "auto",
+        contributions: Literal["auto", "all", "alerting", "handover"] = "auto",
         imputation: Literal["auto", "always", "skip"] = "auto",
     ) -> None:
         self.artifact = artifact
@@ -234,6 +239,8 @@ class Scorer:
         self._score_c: Callable[..., list[NDArray[np.float32]]] | None = None
         self._complete_c: Callable[..., list[NDArray[np.float32]]] | None = None
         self._top_c: Callable[..., list[NDArray[Any]]] | None = None
+        self._handover: list[str] = []  # tensors the score call hands to the alerting rows' call
+        self._score_outputs = _SCORE
         self._run_c: Callable[..., list[NDArray[np.float32]]]
         if self._binding is None:
             import onnx  # load time only
@@ -249,12 +256,19 @@ class Scorer:
                 # onnxruntime runs every node of a graph whatever the outputs asked for, so the
                 # score alone runs in a second session on the graph pruned to the score's nodes.
                 score_model, smaller = serving_graph.pruned(model, ["score"])
-                if contributions == "alerting" or smaller:
+                if contributions in ("alerting", "handover") or smaller:
                     pruned = self._session_from(score_model, "score-only graph")
                     top = self._session_from(serving_graph.top_contributions(model, self._top_k),
                                              "top-contributions graph")
-                    if contributions == "alerting" or self._score_alone_pays(pruned, top):
+                    relay = self._relay(model, score_model)
+                    way = ("relay" if relay is not None else "split") if contributions == "handover" else \
+                        self._split_choice(pruned, top, relay, forced=contributions == "alerting")
+                    if way == "split":
                         self._score_c, self._top_c, model = pruned.run, top.run, score_model
+                    elif way == "relay" and relay is not None:
+                        model, relay_score, relay_top, self._handover = relay
+                        self._score_c, self._top_c = relay_score.run, relay_top.run
+                        self._score_outputs = ["score", *self._handover]
             if imputation != "always":
                 stripped = serving_graph.without_imputation(model)
                 if stripped is not None:
@@ -312,7 +326,7 @@ class Scorer:
     def _complete_pays(self, complete: Callable[..., Any]) -> bool:
         """Whether skipping the imputation saves at least 5% on 256 rows (timed once at load)."""
         X = self._probe()
-        run, outputs = (self._score_c, _SCORE) if self._score_c is not None else (self._run_c, _OUTPUTS)
+        run, outputs = (self._score_c, self._score_outputs) if self._score_c is not None else (self._run_c, _OUTPUTS)
         feed = {"features": X}
         t_full, t_complete = self._race(lambda: run(outputs, feed, None), lambda: complete(outputs, feed, None))
         pays = t_complete <= _SPLIT_GAIN * t_full
@@ -320,8 +334,31 @@ class Scorer:
                  "complete batches skip it=%s", self.ref, _SPLIT_PROBE_ROWS, t_full * 1e6, t_complete * 1e6, pays)
         return pays
 
-    def _score_alone_pays(self, pruned: Any, top: Any) -> bool:
-        """Whether the score alone, plus contributions for alerting rows only, is cheaper.
+    def _relay(self, model: Any, score_model: Any) -> tuple[Any, Any, Any, list[str]] | None:
+        """(score graph, its session, contributions session, handed-over tensors) for the relay way, or None.
+
+        The score call also returns the tensors of
+        :func:`stream.serving_graph.contribution_handover` (KNN's and LOF's
+        candidates and neighbour weights), and the alerting rows'
+        contributions are computed from them instead of searching the
+        neighbours again: the same nodes on the same values, so the same bits.
+        """
+        handover = serving_graph.contribution_handover(model)
+        if not handover:
+            return None
+        try:
+            relay_model = serving_graph.with_outputs(score_model, handover)
+            score = self._session_from(relay_model, "score graph handing over")
+            top = self._session_from(serving_graph.top_contributions(serving_graph.with_inputs(model, handover),
+                                                                     self._top_k), "contributions graph taking over")
+        except (ScoringError, KeyError) as exc:
+            log.info("model %s: no hand-over of %s (%s)", self.ref, handover, exc)
+            return None
+        return relay_model, score, top, handover
+
+    def _split_choice(self, pruned: Any, top: Any, relay: tuple[Any, Any, Any, list[str]] | None,
+                      *, forced: bool) -> str:
+        """``whole``, ``split`` (score alone, contributions of the alerting rows recomputed) or ``relay``.
 
         Timed once at load on a batch of training medians: graphs whose
         contributions are separate work (IForest's credit forest, the
@@ -332,15 +369,25 @@ class Scorer:
         # A batch of 256 at a 1% alert rate holds a few alerting rows: their top contributions
         # are the second call, on the graph that will run it.
         feed, few = {"features": X}, {"features": X[:_SPLIT_ALERTING_ROWS]}
-        t_score, t_full, t_few = self._race(
+        trials: list[Callable[[], object]] = [
             lambda: pruned.run(_SCORE, feed, None), lambda: self._run_c(_OUTPUTS, feed, None),
             lambda: top.run(_TOP, few, None),
-        )
-        split = t_score + t_few <= _SPLIT_GAIN * t_full
-        log.info("model %s: per %d rows, score alone %.0f µs + %d rows' contributions %.0f µs, "
-                 "whole graph %.0f µs: split=%s", self.ref, _SPLIT_PROBE_ROWS, t_score * 1e6,
-                 _SPLIT_ALERTING_ROWS, t_few * 1e6, t_full * 1e6, split)
-        return split
+        ]
+        if relay is not None:
+            _, r_score, r_top, names = relay
+            outputs = ["score", *names]
+            handed = r_score.run(outputs, feed, None)[1:]
+            r_few = dict(few, **{n: h[:_SPLIT_ALERTING_ROWS] for n, h in zip(names, handed)})
+            trials += [lambda: r_score.run(outputs, feed, None), lambda: r_top.run(_TOP, r_few, None)]
+        times = self._race(*trials)
+        t_split, t_full = times[0] + times[2], times[1]
+        t_relay = times[3] + times[4] if relay is not None else float("inf")
+        best = min(t_split, t_relay)
+        way = "whole" if not forced and best > _SPLIT_GAIN * t_full else ("relay" if t_relay < t_split else "split")
+        log.info("model %s: per %d rows, whole graph %.0f µs; score alone + %d rows' contributions %.0f µs; "
+                 "handing over %s %.0f µs: %s", self.ref, _SPLIT_PROBE_ROWS, t_full * 1e6, _SPLIT_ALERTING_ROWS,
+                 t_split * 1e6, relay[3] if relay is not None else "nothing", t_relay * 1e6, way)
+        return way
 
     @property
     def complete_batches_skip_imputation(self) -> bool:
@@ -421,15 +468,17 @@ class Scorer:
         complete = self._complete_c
         if complete is not None and (X.shape[0] < _COMPLETE_ROWS or isnan(np.minimum.reduce(X, axis=None))):
             complete = None
+        handed: list[NDArray[Any]] = []
         if self._score_c is not None:
-            raw, contrib = (complete or self._score_c)(_SCORE, {"features": X}, None)[0], None
+            raw, *handed = (complete or self._score_c)(self._score_outputs, {"features": X}, None)
+            contrib = None
         elif complete is not None:
             raw, contrib = complete(_OUTPUTS, {"features": X}, None)
         else:
             raw, contrib = self._run(X)
         elapsed = perf_counter() - t0
         if X.shape[0] == 1:
-            return self._score_one(X, raw, contrib, elapsed)
+            return self._score_one(X, raw, contrib, elapsed, handed)
         score = self.calibrate(raw)
         anomaly = score >= self.threshold
         rows = anomaly.nonzero()[0]
@@ -438,7 +487,7 @@ class Scorer:
             idx, shares = self._no_idx, self._no_shares
         elif contrib is None:
             t0 = perf_counter()
-            idx, shares = self._alerting_top(X.take(rows, axis=0))
+            idx, shares = self._alerting_top(X.take(rows, axis=0), [h.take(rows, axis=0) for h in handed])
             elapsed += perf_counter() - t0
         else:
             idx, shares = _top_k(contrib.take(rows, axis=0), self._top_k)
@@ -460,15 +509,21 @@ class Scorer:
                 severity[r] = bisect_right(cuts, item(r))
         return severity
 
-    def _alerting_top(self, X: NDArray[np.float32]) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
-        """Top contributions of the given (alerting) rows, computed for them alone."""
+    def _alerting_top(
+        self, X: NDArray[np.float32], handed: list[NDArray[Any]]
+    ) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
+        """Top contributions of the given (alerting) rows, computed for them alone (from ``handed``, if any)."""
         if self._top_c is not None:
-            shares, idx = self._top_c(_TOP, {"features": X}, None)
+            feed: dict[str, NDArray[Any]] = {"features": X}
+            if handed:
+                feed.update(zip(self._handover, handed))
+            shares, idx = self._top_c(_TOP, feed, None)
             return idx, shares
         return _top_k(self._run_c(_CONTRIBUTIONS, {"features": X}, None)[0], self._top_k)
 
     def _score_one(
-        self, X: NDArray[np.float32], raw: NDArray[np.float32], contrib: NDArray[np.float32] | None, elapsed: float
+        self, X: NDArray[np.float32], raw: NDArray[np.float32], contrib: NDArray[np.float32] | None, elapsed: float,
+        handed: list[NDArray[Any]],
     ) -> ScoredBatch:
         """One row: the same results as the vectorised path, in plain Python."""
         s = _interp_one(float(raw[0]), *self._cal_list)
@@ -477,7 +532,7 @@ class Scorer:
             rows = _ROW0
             if contrib is None:
                 t0 = perf_counter()
-                idx, shares = self._alerting_top(X)
+                idx, shares = self._alerting_top(X, handed)
                 elapsed += perf_counter() - t0
             else:
                 idx, shares = _top_k(contrib, self._top_k)

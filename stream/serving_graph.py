@@ -272,3 +272,101 @@ def fused_affine(model: Any) -> Any | None:
     model.graph.initializer.extend(extra)
     _drop_unused_initializers(model.graph)
     return model
+
+
+# Ops whose results are worth handing over rather than recomputing for a few rows.
+_COSTLY = {"TopK", "MatMul", "Gemm", "TreeEnsembleRegressor", "TreeEnsembleClassifier", "TreeEnsemble", "Conv"}
+_HANDOVER_WIDTH = 64  # at most this many values per row are handed from the score call to the contributions call
+
+
+def contribution_handover(model: Any) -> list[str]:
+    """Tensors the score call can hand to the alerting rows' contributions call, sparing its costly part.
+
+    The contributions need some nodes the score needs too (the neighbour
+    search of KNN and LOF: a distance product over every reference row and
+    two ``TopK``).  Walking back from the contributions-only nodes, a tensor
+    the score also computes is handed over when it is narrow (at most 64
+    values per row, e.g. the candidates' row numbers and the neighbours'
+    weights) and some costly op (``TopK``, a matrix product, a tree
+    ensemble) lies behind it; otherwise its producer is recomputed on the
+    alerting rows (per-feature differences to the candidates: wide, cheap
+    for a few rows).  Empty where the contributions share nothing costly
+    with the score (IForest's credit forest reads the features only).
+    """
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    width: dict[str, float] = {}
+    for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if not v.type.tensor_type.HasField("shape") or not dims:
+            continue
+        per_row = 1.0
+        for dim in dims[1:]:
+            per_row *= dim.dim_value if dim.HasField("dim_value") else float("inf")
+        width[v.name] = per_row
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    constants = {t.name for t in graph.initializer}
+
+    def ancestors(names: set[str]) -> list[Any]:
+        seen: set[int] = set()
+        out: list[Any] = []
+        stack = [producer[n] for n in names if n in producer]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            out.append(node)
+            stack.extend(producer[i] for i in _inputs_of(node) if i in producer)
+        return out
+
+    score_side = {id(n) for n in ancestors({"score"})}
+    handover: list[str] = []
+    stack = [i for n in ancestors({"contributions"}) if id(n) not in score_side for i in _inputs_of(n)]
+    visited: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in visited or name in constants or name not in producer:
+            continue
+        visited.add(name)
+        node = producer[name]
+        if id(node) not in score_side:
+            stack.extend(_inputs_of(node))
+            continue
+        costly = any(n.op_type in _COSTLY for n in ancestors({name}))
+        if costly and width.get(name, float("inf")) <= _HANDOVER_WIDTH:
+            handover.append(name)
+        else:
+            stack.extend(_inputs_of(node))  # recomputed for the alerting rows
+    return sorted(handover)
+
+
+def with_inputs(model: Any, names: list[str]) -> Any:
+    """A copy of ``model`` reading the tensors ``names`` as graph inputs (their producers dropped where unneeded).
+
+    Only the outputs that do not need the dropped producers' other results
+    should be fetched from it; :func:`pruned` to those outputs first or after.
+    """
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    info = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    model = _copy(model)
+    graph = model.graph
+    cut = set(names)
+    _set_nodes(graph, [n for n in graph.node if not cut.intersection(n.output)])
+    graph.input.extend([_copy(info[n]) for n in names])
+    return model
+
+
+def with_outputs(model: Any, names: list[str]) -> Any:
+    """A copy of ``model`` that also outputs the (intermediate) tensors ``names``."""
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    info = {v.name: v for v in inferred.graph.value_info}
+    model = _copy(model)
+    model.graph.output.extend([_copy(info[n]) for n in names])
+    return model

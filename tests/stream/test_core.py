@@ -214,6 +214,33 @@ def test_score_only_graph_gives_the_same_results_for_every_zoo_graph(algorithm: 
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_handed_over_neighbours_give_the_whole_graphs_contributions(algorithm: str, tmp_path: Path) -> None:
+    """Alerting rows' contributions from the tensors the score call hands over: the whole graph's.
+
+    Scores and decisions bit for bit; shares to float32 rounding (the whole
+    graph sums them over a batch of another size, as in the score-only test).
+    """
+    from stream.serving_graph import contribution_handover
+
+    art, model = _zoo_graph(tmp_path, algorithm)
+    if not contribution_handover(model):
+        pytest.skip(f"{algorithm}: its contributions share nothing costly with its score")
+    whole = Scorer(art, providers="cpu", contributions="all")  # type: ignore[arg-type]
+    relay = Scorer(art, providers="cpu", contributions="handover")  # type: ignore[arg-type]
+    assert relay.contributions_on_demand
+    gen = SyntheticStream(n_features=6, seed=4)
+    X, _ = gen.sample(400, anomaly_rate=0.05)
+    X[::11, 1] = gen.mean[1] + 20 * gen.scale[1]
+    X[::37, 3] = np.nan
+    for n in (1, 7, 33, 400):
+        a, b = whole.score(X[:n]), relay.score(X[:n])
+        for field in ("raw", "score", "anomalous_rows", "severity", "top_features"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{field} at {n} rows")
+        np.testing.assert_allclose(a.top_shares, b.top_shares, rtol=1e-5, atol=1e-6)
+    assert whole.score(X).anomaly.sum() >= 30
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_complete_batches_without_imputation_score_the_same_for_every_zoo_graph(algorithm: str, tmp_path: Path) -> None:
     art = _zoo_artifact(tmp_path, algorithm)
     gen = SyntheticStream(n_features=6, seed=8)
