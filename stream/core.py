@@ -395,6 +395,11 @@ class Scorer:
         return self._complete_c is not None
 
     @property
+    def handed_over(self) -> tuple[str, ...]:
+        """Tensors the score call hands to the alerting rows' contributions call (empty if none)."""
+        return tuple(self._handover)
+
+    @property
     def contributions_on_demand(self) -> bool:
         """Whether contributions are computed only for alerting rows (see :meth:`_score_alone_pays`)."""
         return self._score_c is not None

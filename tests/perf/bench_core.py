@@ -317,7 +317,8 @@ def main() -> None:
         engines.append(("bare ORT", lambda b, s=bare: s.run(None, {"features": b})))
         core = Scorer(art, providers="cpu")
         if core.contributions_on_demand:
-            print(f"  {name}: core asks for scores alone, contributions for alerting rows only", flush=True)
+            how = f"from the score call's {', '.join(core.handed_over)}" if core.handed_over else "recomputed"
+            print(f"  {name}: core asks for scores alone, contributions for alerting rows only ({how})", flush=True)
         engines.append(("core", core.score))
         if has_cuda:
             cuda = ort.InferenceSession(str(art.model_path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -227,7 +227,7 @@ def test_handed_over_neighbours_give_the_whole_graphs_contributions(algorithm: s
         pytest.skip(f"{algorithm}: its contributions share nothing costly with its score")
     whole = Scorer(art, providers="cpu", contributions="all")  # type: ignore[arg-type]
     relay = Scorer(art, providers="cpu", contributions="handover")  # type: ignore[arg-type]
-    assert relay.contributions_on_demand
+    assert relay.contributions_on_demand and relay.handed_over == tuple(contribution_handover(model))
     gen = SyntheticStream(n_features=6, seed=4)
     X, _ = gen.sample(400, anomaly_rate=0.05)
     X[::11, 1] = gen.mean[1] + 20 * gen.scale[1]
