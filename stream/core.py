@@ -341,7 +341,7 @@ class Scorer:
         :func:`stream.serving_graph.contribution_handover` (KNN's and LOF's
         candidates and neighbour weights), and the alerting rows'
         contributions are computed from them instead of searching the
-        neighbours again: the same nodes on the same values, so the same bits.
+        neighbours again: the same nodes on the same values.
         """
         handover = serving_graph.contribution_handover(model)
         if not handover:
@@ -401,7 +401,7 @@ class Scorer:
 
     @property
     def contributions_on_demand(self) -> bool:
-        """Whether contributions are computed only for alerting rows (see :meth:`_score_alone_pays`)."""
+        """Whether contributions are computed only for alerting rows (see :meth:`_split_choice`)."""
         return self._score_c is not None
 
     def _bind_session(self) -> None:
@@ -660,8 +660,7 @@ def _top_k(c: NDArray[np.float32], k: int) -> tuple[NDArray[np.intp], NDArray[np
 
     Ties go to the lower column and NaN ranks after every number, whatever
     the number of rows (a stable sort of ``-c``; the decision graph's
-    ``TopK`` orders the same way).  Methods and ``take`` rather than
-    ``np.argsort`` and fancy indexing: 2.0 against 4.3 µs for 3 rows of 32.
+    ``TopK`` orders the same way).
     """
     m, d = c.shape
     c = np.ascontiguousarray(c)

@@ -159,6 +159,22 @@ def top_contributions(model: Any, top_k: int) -> Any:
     return model
 
 
+def _tensor_infos(model: Any) -> dict[str, Any]:
+    """Every typed tensor of ``model`` (inputs, intermediates, outputs) by name, from one shape inference."""
+    from onnx import shape_inference
+
+    graph = shape_inference.infer_shapes(model).graph
+    return {v.name: v for v in [*graph.input, *graph.value_info, *graph.output] if v.type.tensor_type.HasField("shape")}
+
+
+def _row_width(info: Any) -> float:
+    """Values per row (every dimension after the first) of a typed tensor; inf where a size is unknown."""
+    width = 1.0
+    for dim in info.type.tensor_type.shape.dim[1:]:
+        width *= dim.dim_value if dim.HasField("dim_value") else float("inf")
+    return width
+
+
 def _positive_powers_of_two(v: NDArray[Any]) -> bool:
     """Whether every entry is a positive power of two in float32's normal range (products by it are exact)."""
     if v.dtype != np.float32 or not np.all(np.isfinite(v)) or not np.all(v > 0):
@@ -191,14 +207,10 @@ def fused_affine(model: Any) -> Any | None:
     ``BatchNormalization`` into.  For the CPU only: cuDNN raises epsilon to
     1e-5.
     """
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
-    inferred = shape_inference.infer_shapes(model)
-    widths: dict[str, int | None] = {}
-    for v in [*inferred.graph.input, *inferred.graph.value_info]:
-        if v.type.tensor_type.HasField("shape") and len(v.type.tensor_type.shape.dim) == 2:
-            dim = v.type.tensor_type.shape.dim[1]
-            widths[v.name] = dim.dim_value if dim.HasField("dim_value") else None
+    widths = {name: _row_width(v) for name, v in _tensor_infos(model).items()
+              if len(v.type.tensor_type.shape.dim) == 2}  # [N, D]: D
     inits = {t.name: t for t in model.graph.initializer}
     readers: dict[str, list[Any]] = {}
     producer: dict[str, str] = {}
@@ -293,21 +305,14 @@ def contribution_handover(model: Any) -> list[str]:
     for a few rows).  Empty where the contributions share nothing costly
     with the score (IForest's credit forest reads the features only).
     """
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(model)
-    width: dict[str, float] = {}
-    for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = v.type.tensor_type.shape.dim
-        if not v.type.tensor_type.HasField("shape") or not dims:
-            continue
-        per_row = 1.0
-        for dim in dims[1:]:
-            per_row *= dim.dim_value if dim.HasField("dim_value") else float("inf")
-        width[v.name] = per_row
+    width = {name: _row_width(v) for name, v in _tensor_infos(model).items() if v.type.tensor_type.shape.dim}
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     constants = {t.name for t in graph.initializer}
+    behind_costly: set[str] = set()  # tensors with a costly op among their producers (nodes are in order)
+    for node in graph.node:
+        if node.op_type in _COSTLY or behind_costly.intersection(_inputs_of(node)):
+            behind_costly.update(node.output)
 
     def ancestors(names: set[str]) -> list[Any]:
         seen: set[int] = set()
@@ -335,8 +340,7 @@ def contribution_handover(model: Any) -> list[str]:
         if id(node) not in score_side:
             stack.extend(_inputs_of(node))
             continue
-        costly = any(n.op_type in _COSTLY for n in ancestors({name}))
-        if costly and width.get(name, float("inf")) <= _HANDOVER_WIDTH:
+        if name in behind_costly and width.get(name, float("inf")) <= _HANDOVER_WIDTH:
             handover.append(name)
         else:
             stack.extend(_inputs_of(node))  # recomputed for the alerting rows
@@ -349,10 +353,7 @@ def with_inputs(model: Any, names: list[str]) -> Any:
     Only the outputs that do not need the dropped producers' other results
     should be fetched from it; :func:`pruned` to those outputs first or after.
     """
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(model)
-    info = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    info = _tensor_infos(model)
     model = _copy(model)
     graph = model.graph
     cut = set(names)
@@ -363,10 +364,7 @@ def with_inputs(model: Any, names: list[str]) -> Any:
 
 def with_outputs(model: Any, names: list[str]) -> Any:
     """A copy of ``model`` that also outputs the (intermediate) tensors ``names``."""
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(model)
-    info = {v.name: v for v in inferred.graph.value_info}
+    info = _tensor_infos(model)
     model = _copy(model)
     model.graph.output.extend([_copy(info[n]) for n in names])
     return model
