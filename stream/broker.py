@@ -66,6 +66,11 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (None before start and after stop)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout_s: float = 20.0) -> str:
         """Start the broker and wait until it accepts connections; returns the bootstrap address."""
         try:
