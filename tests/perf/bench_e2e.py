@@ -356,7 +356,7 @@ def main() -> None:
         n_events = len(lat) if lat is not None else 0
         per = {k: v / max(n_events, 1) * 1e6 for k, v in cpu.items()}
         cells = [f"{per[k]:>8.1f}" if k in per else f"{'—':>8}" for k in ("service", "broker", "load")]
-        total = sum(v for v in per.values() if v == v)
+        total = float(np.nansum(list(per.values())))
         who = name.split(":")[0].split()[0]
         print(f"| {who:<10} | {label:>8} | {' | '.join(cells)} | {per['collector']:>9.1f} | {total:>8.1f} |")
 
