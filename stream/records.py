@@ -53,13 +53,11 @@ def score_records(
     imputed = decoded.imputed
     out: list[dict[str, Any]] = []
     append = out.append
-    for i, (pos, ev) in enumerate(zip(decoded.rows, decoded.events)):
-        key = ev.get("key")
+    for i, (pos, ident, key, ts) in enumerate(zip(decoded.rows, decoded.ids, decoded.keys, decoded.ts)):
         if key is None and keys is not None:
             key = keys[pos]
-        ts = ev.get("ts")
         rec: dict[str, Any] = {
-            "id": ev.get("id"),
+            "id": ident,
             "key": key,
             "ts": received_l[i] if ts is None else ts,
             "model": model,

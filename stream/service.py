@@ -242,9 +242,8 @@ class Service:
         assert self.drift is not None
         if self.live is not None and self.drift.features != tuple(self.live.scorer.features) and not self.drift.monitoring:
             self.drift.features = tuple(self.live.scorer.features)  # cold start learnt its features
-        ids = [ev.get("id") for ev in decoded.events]
         events = self.drift.observe(decoded.X, scored.score, scored.anomaly,
-                                    {(tp.topic, tp.partition): off for tp, off in offsets.items()}, ids=ids)
+                                    {(tp.topic, tp.partition): off for tp, off in offsets.items()}, ids=decoded.ids)
         if not events:
             return
         for ev in events:

@@ -69,3 +69,66 @@ def test_every_index_is_accounted_for(dec: EventDecoder) -> None:
 def test_single_feature_model() -> None:
     out = EventDecoder(["only"]).decode([b'{"features": {"only": 2}}', b'{"features": [3]}'])
     assert out.X.tolist() == [[2.0], [3.0]]
+
+
+def _random_events(n: int, seed: int) -> list[bytes]:
+    """Valid events in every shape the contract allows: object or list, ints, floats, nulls, extra names."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        values: list[object] = []
+        for _ in FEATURES:
+            kind = rng.integers(6)
+            if kind == 0:
+                values.append(None)
+            elif kind == 1:
+                values.append(int(rng.integers(-(2**62), 2**62)) >> int(rng.integers(0, 62)))
+            elif kind == 2:
+                values.append(-0.0)
+            else:
+                values.append(float(rng.standard_normal() * 10.0 ** rng.integers(-40, 38)))
+        ev: dict[str, object] = {}
+        if rng.random() < 0.8:
+            ev["id"] = [i, f"ev-{i}", 2**64 - 1 - i, -(2**63)][int(rng.integers(4))]
+        if rng.random() < 0.5:
+            ev["ts"] = [1.7e9 + i / 7, "2026-11-22T10:00:00Z", 1_763_800_000][int(rng.integers(3))]
+        if rng.random() < 0.5:
+            ev["key"] = f"host-{i % 7}"
+        if rng.random() < 0.5:
+            ev["features"] = values
+        else:
+            named = dict(zip(FEATURES, values))
+            if rng.random() < 0.5:
+                named = dict(reversed(list(named.items()))) | {"extra": "ignored"}
+            ev["features"] = named
+        out.append(orjson.dumps(ev))
+    return out
+
+
+def test_typed_fast_path_equals_the_general_path(dec: EventDecoder) -> None:
+    # Pre-parsed values (WebSocket array frames) always take the general path: the oracle.
+    payloads = _random_events(3000, seed=7)
+    fast = dec.decode(payloads)
+    general = dec.decode([orjson.loads(p) for p in payloads])
+    assert fast.rows == general.rows == list(range(3000)) and not fast.rejected
+    assert np.array_equal(fast.X.view(np.uint32), general.X.view(np.uint32))  # bit for bit, -0.0 and NaN included
+    assert fast.ids == general.ids and fast.keys == general.keys and fast.ts == general.ts
+    assert fast.imputed == general.imputed
+    assert [type(v) for v in fast.ids] == [type(v) for v in general.ids]
+
+
+def test_what_the_typed_decoder_refuses_but_is_valid_still_decodes(dec: EventDecoder) -> None:
+    out = dec.decode([
+        b'{"id": 123456789012345678901234567890, "features": [1, 2, 3]}',  # past 64 bits: orjson's float
+        b'{"id": true, "key": ["a"], "features": [1, 2, 3]}',  # not the contract's types, passed through as before
+        b'{"features": {"a": NaN, "b": 2, "c": 3}}',
+    ])
+    assert out.rows == [0, 1, 2] and not out.rejected
+    assert out.ids == [1.2345678901234568e29, True, None] and out.keys == [None, ["a"], None]
+    assert orjson.dumps(out.ids) and out.imputed == [None, None, ("a",)]
+
+
+def test_decoder_for_feature_names_that_are_not_identifiers() -> None:
+    names = ["cpu.load", "class", "0", "naïve ü", "features"]
+    out = EventDecoder(names).decode([orjson.dumps({"features": {n: i for i, n in enumerate(names)}})])
+    assert out.X.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]]
