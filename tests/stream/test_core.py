@@ -364,3 +364,18 @@ def test_fused_affine_is_bit_identical_for_every_zoo_graph(algorithm: str, tmp_p
     X = X.astype(np.float32)
     for want, got in zip(_cpu(model).run(None, {"features": X}), _cpu(fused).run(None, {"features": X})):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 47, 48, 49, 256, 639, 640, 641, 4096])
+def test_calibration_is_numpys_interp_at_every_batch_size(scorer: Scorer, rows: int) -> None:
+    # Batch sizes take different ways (np.interp as it comes, on sorted scores, the grid lookup):
+    # every way gives np.interp's bits, for unordered scores with ties, knots, NaN and infinities.
+    rng = np.random.default_rng(rows)
+    xp = scorer.card.calibration.raw
+    pool = np.concatenate([
+        rng.uniform(xp[0] - 1, xp[-1] + 1, 4000), xp, np.nextafter(xp, np.inf), np.nextafter(xp, -np.inf),
+        [-np.inf, np.inf, np.nan, 0.0, -0.0],
+    ]).astype(np.float32)
+    raw = rng.choice(pool, rows)
+    want = np.interp(raw, np.asarray(xp), np.asarray(scorer.card.calibration.calibrated), left=0.0, right=1.0)
+    np.testing.assert_array_equal(scorer.calibrate(raw), want)
