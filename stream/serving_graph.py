@@ -23,7 +23,8 @@ The artifact's ``model.onnx`` keeps the contract's outputs (raw ``score`` and
 Appending the card's calibration and threshold as nodes was measured too and
 dropped: onnxruntime's ``Gather`` on a few hundred indices costs about as much
 as numpy's fancy indexing, and the twenty nodes came to 11-14 µs per 256 rows
-against 7.9 µs for :class:`models.calibration.KnotLookup`.  Only ``onnx`` is
+against 7.9 µs for :class:`models.calibration.KnotLookup` (the core now
+calibrates 256 rows in ~6 µs, ``np.interp`` on the sorted scores).  Only ``onnx`` is
 imported, at load.
 """
 
