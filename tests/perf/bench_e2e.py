@@ -11,7 +11,9 @@ Rows of the table:
   (what the parts underneath allow);
 * anomstream: the service consuming, scoring (ONNX IForest), producing score
   records; throughput counted on the scores topic, latency from the event's
-  ``ts`` (set by the producer at send time) to the arrival of its score record.
+  ``ts`` (set by the producer at send time) to the arrival of its score record;
+  once with each ``kafka.backend`` of ``--backends`` (the aiokafka runner, then
+  the faust runner: same decoding, core, records and topics).
 
 Each scenario offers events at the maximum rate, at 5,000 and at 20,000
 events/s, each on topics of its own (and, for the service, to a process of
@@ -50,6 +52,8 @@ from perf_registry import quiet_gc
 N_FEATURES = 32
 WARMUP_EVENTS = 6000  # past the drift monitor's default warm-up of 5,000 events
 LOAD_BATCH_BYTES = 1 << 18
+SERVICE_ROWS = {"aiokafka": "anomstream serve (decode, ONNX score, produce)",
+                "faust": "anomstream serve, kafka.backend faust"}
 LINGER_S = 0.005
 
 
@@ -258,6 +262,8 @@ def main() -> None:
     parser.add_argument("--paced-seconds", type=float, default=10.0, help="length of each paced run")
     parser.add_argument("--rates", default="max,5000,20000", help="offered rates, events/s ('max' = unpaced)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling rows")
+    parser.add_argument("--backends", default="aiokafka,faust",
+                        help="kafka.backend of the service rows (comma-separated: aiokafka, faust)")
     parser.add_argument("--service-settings", type=json.loads, default={}, metavar="JSON",
                         help="config sections for the service, e.g. '{\"batching\": {\"max_latency_ms\": 5}}' "
                              "(each section given replaces the bench's)")
@@ -296,14 +302,15 @@ def main() -> None:
             print(f"  ceiling {label}: {eps:,.0f} events/s", flush=True)
         # The service: a fresh process on fresh topics for each scenario, like the ceiling rows (the
         # embedded broker slows down as a topic grows: see the module docstring).
-        for i, (label, n, rate) in enumerate(scenarios):
+        runs = [(backend, scenario) for backend in args.backends.split(",") for scenario in scenarios]
+        for i, (backend, (label, n, rate)) in enumerate(runs):
             prefix = f"svc-{run}-{i}"
             topics = {f"{prefix}.{t}": 4 for t in ("events", "scores", "anomalies", "dlq", "control")}
             asyncio.run(ensure_topics(bs, topics))
             cfg = tmp / f"service-{i}.yaml"
             cfg.write_text(json.dumps({
                 "model": {"registry": str(tmp / "models"), "name": "default"},
-                "kafka": {"bootstrap_servers": bs, "input_topics": [f"{prefix}.events"],
+                "kafka": {"bootstrap_servers": bs, "backend": backend, "input_topics": [f"{prefix}.events"],
                           "output_topic": f"{prefix}.scores", "alerts_topic": f"{prefix}.anomalies",
                           "dlq_topic": f"{prefix}.dlq", "control_topic": f"{prefix}.control", "group_id": prefix},
                 "websocket": {"enabled": False}, "metrics": {"enabled": False},
@@ -329,9 +336,9 @@ def main() -> None:
                                           on_ready=spy if profile else None)
                 for p in spies:
                     p.wait(60)
-                rows.append(("anomstream serve (decode, ONNX score, produce)", label, eps, lat, cpu))
+                rows.append((SERVICE_ROWS[backend], label, eps, lat, cpu))
                 rss_mib.append(_rss_mib(svc.pid))
-                print(f"  anomstream {label}: {eps:,.0f} events/s, RSS {rss_mib[-1]:.0f} MiB", flush=True)
+                print(f"  anomstream ({backend}) {label}: {eps:,.0f} events/s, RSS {rss_mib[-1]:.0f} MiB", flush=True)
             finally:
                 svc.send_signal(signal.SIGTERM)
                 svc.wait(30)
@@ -357,7 +364,7 @@ def main() -> None:
         per = {k: v / max(n_events, 1) * 1e6 for k, v in cpu.items()}
         cells = [f"{per[k]:>8.1f}" if k in per else f"{'—':>8}" for k in ("service", "broker", "load")]
         total = float(np.nansum(list(per.values())))
-        who = name.split(":")[0].split()[0]
+        who = "faust" if "faust" in name else name.split(":")[0].split()[0]
         print(f"| {who:<10} | {label:>8} | {' | '.join(cells)} | {per['collector']:>9.1f} | {total:>8.1f} |")
 
 
