@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-__all__ = ["REJECT_CODES", "DecodedBatch", "EventDecoder", "RejectCode", "Rejection"]
+__all__ = ["REJECT_CODES", "DecodedBatch", "EventDecoder", "RejectCode", "Rejection", "event_json"]
 
 RejectCode = Literal[
     "invalid_json", "missing_features", "wrong_length", "non_numeric", "non_finite", "too_large"
@@ -97,14 +97,40 @@ class EventDecoder:
         self.max_event_bytes = max_event_bytes
         getter = itemgetter(*self.features)
         self._pick = getter if self.n_features > 1 else (lambda d: (getter(d),))
-        self._typed = _typed_decoder(self.features) if self.features else None
+        self._event_type: type | None = None
+        self._typed: Any = None
+        self._typed_array: Any = None
+        if self.features:
+            self._event_type = _event_type(self.features)
+            self._typed = msgspec.json.Decoder(self._event_type).decode
+            self._typed_array = msgspec.json.Decoder(list[self._event_type]).decode  # type: ignore[name-defined]
+
+    def parse_array(self, frame: bytes | str) -> list[Any] | None:
+        """The events of a JSON array frame (a WebSocket frame), or None when it is not a JSON array.
+
+        Where every element fits the card, the whole array is decoded at once
+        by the typed decoder and :meth:`decode` takes its events as they are;
+        otherwise orjson parses it and each element is checked on its own.
+        """
+        if self._typed_array is not None:
+            try:
+                events: list[Any] = self._typed_array(frame)
+                return events
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                pass
+        try:
+            parsed = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            return None
+        return parsed if type(parsed) is list else None
 
     def decode(self, values: Sequence[bytes | str | Parsed]) -> DecodedBatch:
         """Decode and validate one batch; see the module docstring.
 
         A value that is not ``bytes``/``str`` is taken as already parsed JSON (an
-        element of a WebSocket array frame) and only validated; a ``str`` element
-        of an array is read as the JSON text of an event.
+        element of a WebSocket array frame, from :meth:`parse_array`: typed
+        events or plain JSON values) and only validated; a ``str`` element of
+        an array is read as the JSON text of an event.
         """
         rejected: list[Rejection] = []
         rows: list[int] = []
@@ -116,9 +142,10 @@ class EventDecoder:
         pick = self._pick
         numeric = _NUMERIC
         limit = self.max_event_bytes
-        typed = self._typed
+        typed, event_type = self._typed, self._event_type
         astuple = msgspec.structs.astuple
         for i, raw in enumerate(values):
+            tev: Any = None
             if isinstance(raw, (bytes, str)):
                 if len(raw) > limit:
                     rejected.append(Rejection(i, "too_large", f"event is {len(raw)} bytes, the limit is {limit}"))
@@ -128,21 +155,24 @@ class EventDecoder:
                         tev = typed(raw)
                     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                         pass  # the general path below says what is wrong, or takes what is only unusual
-                    else:
-                        values_of = tev.features
-                        if type(values_of) is list:
-                            if len(values_of) != d:
-                                rejected.append(Rejection(i, "wrong_length", _length_detail(len(values_of), d)))
-                                continue
-                            row: Sequence[Any] = values_of
-                        else:
-                            row = astuple(values_of)
-                        rows.append(i)
-                        ids.append(tev.id)
-                        keys.append(tev.key)
-                        stamps.append(tev.ts)
-                        matrix.append(row)
+            elif type(raw) is event_type:
+                tev = raw  # typed already: an element of an array frame (parse_array)
+            if tev is not None:
+                values_of = tev.features
+                if type(values_of) is list:
+                    if len(values_of) != d:
+                        rejected.append(Rejection(i, "wrong_length", _length_detail(len(values_of), d)))
                         continue
+                    row: Sequence[Any] = values_of
+                else:
+                    row = astuple(values_of)
+                rows.append(i)
+                ids.append(tev.id)
+                keys.append(tev.key)
+                stamps.append(tev.ts)
+                matrix.append(row)
+                continue
+            if isinstance(raw, (bytes, str)):
                 try:
                     ev = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
@@ -150,6 +180,8 @@ class EventDecoder:
                     if isinstance(ev, Rejection):
                         rejected.append(Rejection(i, ev.code, ev.detail))
                         continue
+            elif isinstance(raw, msgspec.Struct):  # typed for another model's features (a swap in between)
+                ev = msgspec.to_builtins(raw)
             else:
                 ev = raw  # already parsed: an element of a JSON array frame
             if type(ev) is not dict:
@@ -216,26 +248,34 @@ _Int64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 _Scalar = _Int64 | float | str | None
 
 
-def _typed_decoder(features: Sequence[str]) -> Any:
-    """A msgspec JSON decoder for events of these features (a ``features`` object or list).
+def _event_type(features: Sequence[str]) -> type:
+    """The msgspec struct of an event of these features (a ``features`` object or list).
 
     The object form decodes into a struct with one ``float | None`` field per
     feature, in card order (fields ``f0``, ``f1``... renamed to the feature
     names, so any name works); unknown names are ignored, as are unknown keys
     of the event.  JSON integers become floats (the same value as numpy's
-    conversion); booleans, strings and nested values are refused.
+    conversion); booleans, strings and nested values are refused.  Absent
+    ``id``, ``key`` and ``ts`` are left out when an event is encoded again
+    (:func:`event_json`).
     """
     names = {f"f{j}": name for j, name in enumerate(features)}
     values = msgspec.defstruct(
         "Features", [(field, float | None) for field in names], rename=names, gc=False
     )
-    event = msgspec.defstruct(
+    return msgspec.defstruct(
         "Event",
         [("features", values | list[float | None]), ("id", _Scalar, None), ("key", _Scalar, None),
          ("ts", _Scalar, None)],
-        gc=False,
+        gc=False, omit_defaults=True,
     )
-    return msgspec.json.Decoder(event).decode
+
+
+def event_json(value: Any) -> bytes:
+    """The JSON text of a parsed event (a typed one or plain JSON values), for dead-letter records."""
+    if isinstance(value, msgspec.Struct):
+        return msgspec.json.encode(value)
+    return orjson.dumps(value)
 
 
 def _length_detail(n: int, d: int) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from stream.batching import MicroBatcher
-from stream.decoding import DEFAULT_MAX_EVENT_BYTES, Parsed
+from stream.decoding import DEFAULT_MAX_EVENT_BYTES, Parsed, event_json
 from stream.fanout import Hub
 from stream.kafka import LiveModel
 from stream.metrics import Metrics
@@ -145,13 +145,10 @@ class IngestBatcher:
         items: list[bytes | Parsed] = [frame]
         array = False
         if head == b"[" or (head in b" \t\r\n" and frame.lstrip()[:1] == b"["):
-            try:
-                parsed = orjson.loads(frame)
-            except orjson.JSONDecodeError:
-                pass  # the decoder answers with invalid_json
-            else:
-                if type(parsed) is list:
-                    items, array = parsed, True
+            # Typed in one call where every element fits the model's card (a cold start has no card yet).
+            parsed = self.model.decoder.parse_array(frame) if self.model.scorer.features else _plain_array(frame)
+            if parsed is not None:  # else the decoder answers with invalid_json
+                items, array = parsed, True
         f = _Frame(outbox, n=len(items), array=array, received=now)
         add = self._batcher.add
         if not items:
@@ -215,7 +212,7 @@ class IngestBatcher:
             out[pos] = rec
         for rej in decoded.rejected:
             v = values[rej.index]
-            payload = v if isinstance(v, (bytes, str)) else orjson.dumps(v)
+            payload = v if isinstance(v, (bytes, str)) else event_json(v)
             if rej.code == "too_large":
                 # Echoing megabytes would break clients with the usual 1 MiB frame limit.
                 head = payload[:TOO_LARGE_ECHO]
@@ -245,3 +242,12 @@ class IngestBatcher:
         if scored.anomalous_rows.size:
             rows = scored.anomalous_rows.tolist()
             self.hub.publish("anomalies", [records[i] for i in rows])
+
+
+def _plain_array(frame: bytes) -> list[Any] | None:
+    """A JSON array frame's elements as plain JSON values, or None when the frame is not a JSON array."""
+    try:
+        parsed = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if type(parsed) is list else None

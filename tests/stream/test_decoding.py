@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.decoding import REJECT_CODES, EventDecoder
+from stream.decoding import REJECT_CODES, EventDecoder, event_json
 
 FEATURES = ("a", "b", "c")
 
@@ -71,8 +71,11 @@ def test_single_feature_model() -> None:
     assert out.X.tolist() == [[2.0], [3.0]]
 
 
-def _random_events(n: int, seed: int) -> list[bytes]:
-    """Valid events in every shape the contract allows: object or list, ints, floats, nulls, extra names."""
+def _random_events(n: int, seed: int, *, past_int64: bool = True) -> list[bytes]:
+    """Valid events in every shape the contract allows: object or list, ints, floats, nulls, extra names.
+
+    ``past_int64``: some ids are unsigned 64-bit integers past int64 (the typed decoder refuses those).
+    """
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -89,7 +92,7 @@ def _random_events(n: int, seed: int) -> list[bytes]:
                 values.append(float(rng.standard_normal() * 10.0 ** rng.integers(-40, 38)))
         ev: dict[str, object] = {}
         if rng.random() < 0.8:
-            ev["id"] = [i, f"ev-{i}", 2**64 - 1 - i, -(2**63)][int(rng.integers(4))]
+            ev["id"] = [i, f"ev-{i}", 2**64 - 1 - i if past_int64 else i, -(2**63)][int(rng.integers(4))]
         if rng.random() < 0.5:
             ev["ts"] = [1.7e9 + i / 7, "2026-11-22T10:00:00Z", 1_763_800_000][int(rng.integers(3))]
         if rng.random() < 0.5:
@@ -132,3 +135,42 @@ def test_decoder_for_feature_names_that_are_not_identifiers() -> None:
     names = ["cpu.load", "class", "0", "naïve ü", "features"]
     out = EventDecoder(names).decode([orjson.dumps({"features": {n: i for i, n in enumerate(names)}})])
     assert out.X.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]]
+
+
+def test_array_frames_decode_typed_as_the_general_path_does(dec: EventDecoder) -> None:
+    payloads = _random_events(600, seed=11, past_int64=False)
+    frame = b"[" + b",".join(payloads) + b"]"
+    typed = dec.parse_array(frame)
+    assert typed is not None and all(type(v) is dec._event_type for v in typed)
+    general = [orjson.loads(p) for p in payloads]
+    a, b = dec.decode(typed), dec.decode(general)
+    assert a.rows == b.rows and not a.rejected
+    assert np.array_equal(a.X.view(np.uint32), b.X.view(np.uint32))
+    assert a.ids == b.ids and a.keys == b.keys and a.ts == b.ts and a.imputed == b.imputed
+
+
+def test_array_frames_typed_and_not() -> None:
+    dec = EventDecoder(FEATURES)
+    typed = dec.parse_array(b'[{"id": 1, "features": [1, 2, 3]}, {"features": {"a": 1, "b": null, "c": 2.5}}]')
+    assert typed is not None and {type(v) for v in typed} == {dec._event_type}
+    # One element the card does not fit: the whole array is parsed plainly, each element checked alone.
+    mixed = dec.parse_array(b'[{"features": [1, 2, 3]}, {"features": {"a": "x", "b": 1, "c": 2}}, 7]')
+    assert mixed == [{"features": [1, 2, 3]}, {"features": {"a": "x", "b": 1, "c": 2}}, 7]
+    out = dec.decode(mixed)
+    assert out.rows == [0] and [(r.index, r.code) for r in out.rejected] == [(1, "non_numeric"), (2, "invalid_json")]
+    assert dec.parse_array(b'{"features": [1, 2, 3]}') is None and dec.parse_array(b"[1, 2") is None
+    # A typed element the matrix check rejects is echoed as JSON for its dead-letter record.
+    wrong = dec.parse_array(b'[{"id": 5, "features": [1, 2]}, {"features": [1, 1e300, 3]}]')
+    assert wrong is not None
+    out = dec.decode(wrong)
+    assert [(r.index, r.code) for r in out.rejected] == [(0, "wrong_length"), (1, "non_finite")]
+    assert orjson.loads(event_json(wrong[0])) == {"id": 5, "features": [1.0, 2.0]}
+
+
+def test_typed_events_of_another_card_take_the_general_path() -> None:
+    # A model swap between a frame's parsing and its batch: the new card's decoder checks them itself.
+    old = EventDecoder(["a", "b", "c"]).parse_array(b'[{"id": 1, "features": {"a": 1, "b": 2, "c": 3}}, {"features": [1, 2, 3]}]')
+    assert old is not None
+    out = EventDecoder(["c", "a"]).decode(old)
+    assert out.rows == [0] and out.X.tolist() == [[3.0, 1.0]] and out.ids == [1]
+    assert [(r.index, r.code) for r in out.rejected] == [(1, "wrong_length")]
