@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -120,13 +122,13 @@ class FaustRunner:
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         await self.publisher.__aexit__(et, e, tb)
 
-    def _app(self, done: asyncio.Event, stop_after: int | None) -> Any:
+    def _app(self, done: asyncio.Event, stop_after: int | None, datadir: str) -> Any:
         try:
             import faust
         except ImportError:
             raise ConfigError("kafka.backend 'faust' needs faust-streaming: pip install 'anomstream[faust]'") from None
         app = faust.App(
-            self.group_id, broker=f"kafka://{self.bootstrap}", store="memory://", web_enabled=False,
+            self.group_id, broker=f"kafka://{self.bootstrap}", store="memory://", web_enabled=False, datadir=datadir,
             consumer_auto_offset_reset="earliest", topic_partitions=self.partitions,
             broker_commit_interval=1.0, producer_acks=-1, stream_buffer_maxsize=max(4096, 4 * self.max_batch),
             broker_max_poll_records=max(500, self.max_batch), autodiscover=False, loghandlers=[],
@@ -151,7 +153,16 @@ class FaustRunner:
     async def run(self, stop: asyncio.Event, *, stop_after: int | None = None) -> None:
         """Run the faust app until ``stop`` is set (or ``stop_after`` events); stopping commits what was acked."""
         done = asyncio.Event()
-        app = self._app(done, stop_after)
+        # faust keeps a data directory (default: ``<app id>-data`` in the working directory) even with the
+        # memory store; nothing in it outlives the run.
+        datadir = tempfile.mkdtemp(prefix="anomstream-faust-")
+        try:
+            app = self._app(done, stop_after, datadir)
+            await self._serve(app, stop, done)
+        finally:
+            shutil.rmtree(datadir, ignore_errors=True)
+
+    async def _serve(self, app: Any, stop: asyncio.Event, done: asyncio.Event) -> None:
         await app.start()
         log.info("faust app %r consuming %s", self.group_id, ", ".join(self.input_topics))
         try:
