@@ -8,8 +8,8 @@ either in ``rows`` or in ``rejected``.
 The hot path per event is one call of a msgspec decoder typed for the card's
 features: it parses, checks that every feature is a number or null and lays
 them out in card order, all in C.  An event that decoder refuses for any
-reason (a missing or non-numeric feature, a NaN literal, an ``id`` past 64
-bits, invalid JSON...) takes the general path: ``orjson.loads`` and checks in
+reason (a missing or non-numeric feature, a NaN literal, an integer ``id``
+past int64, invalid JSON...) takes the general path: ``orjson.loads`` and checks in
 Python that name the problem (or accept what the typed decoder is stricter
 about).  The matrix, the imputation mask and the overflow check are numpy
 calls over the whole batch.
@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-__all__ = ["REJECT_CODES", "DecodedBatch", "EventDecoder", "RejectCode", "Rejection", "event_json"]
+__all__ = ["REJECT_CODES", "DecodedBatch", "EventDecoder", "RejectCode", "Rejection", "event_json", "plain_array"]
 
 RejectCode = Literal[
     "invalid_json", "missing_features", "wrong_length", "non_numeric", "non_finite", "too_large"
@@ -118,11 +118,7 @@ class EventDecoder:
                 return events
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                 pass
-        try:
-            parsed = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            return None
-        return parsed if type(parsed) is list else None
+        return plain_array(frame)
 
     def decode(self, values: Sequence[bytes | str | Parsed]) -> DecodedBatch:
         """Decode and validate one batch; see the module docstring.
@@ -269,6 +265,15 @@ def _event_type(features: Sequence[str]) -> type:
          ("ts", _Scalar, None)],
         gc=False, omit_defaults=True,
     )
+
+
+def plain_array(frame: bytes | str) -> list[Any] | None:
+    """A JSON array frame's elements as plain JSON values, or None when the frame is not a JSON array."""
+    try:
+        parsed = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if type(parsed) is list else None
 
 
 def event_json(value: Any) -> bytes:

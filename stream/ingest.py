@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from stream.batching import MicroBatcher
-from stream.decoding import DEFAULT_MAX_EVENT_BYTES, Parsed, event_json
+from stream.decoding import DEFAULT_MAX_EVENT_BYTES, Parsed, event_json, plain_array
 from stream.fanout import Hub
 from stream.kafka import LiveModel
 from stream.metrics import Metrics
@@ -146,7 +146,7 @@ class IngestBatcher:
         array = False
         if head == b"[" or (head in b" \t\r\n" and frame.lstrip()[:1] == b"["):
             # Typed in one call where every element fits the model's card (a cold start has no card yet).
-            parsed = self.model.decoder.parse_array(frame) if self.model.scorer.features else _plain_array(frame)
+            parsed = self.model.decoder.parse_array(frame) if self.model.scorer.features else plain_array(frame)
             if parsed is not None:  # else the decoder answers with invalid_json
                 items, array = parsed, True
         f = _Frame(outbox, n=len(items), array=array, received=now)
@@ -243,11 +243,3 @@ class IngestBatcher:
             rows = scored.anomalous_rows.tolist()
             self.hub.publish("anomalies", [records[i] for i in rows])
 
-
-def _plain_array(frame: bytes) -> list[Any] | None:
-    """A JSON array frame's elements as plain JSON values, or None when the frame is not a JSON array."""
-    try:
-        parsed = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        return None
-    return parsed if type(parsed) is list else None

@@ -36,7 +36,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["TOP_INDEX", "TOP_SHARE", "fused_affine", "pruned", "top_contributions", "without_imputation"]
+__all__ = [
+    "TOP_INDEX", "TOP_SHARE", "contribution_handover", "fused_affine", "pruned", "top_contributions",
+    "with_inputs", "with_outputs", "without_imputation",
+]
 
 TOP_SHARE = "anomstream_top_share"
 TOP_INDEX = "anomstream_top_index"
