@@ -48,8 +48,13 @@ nothing).  Fixed buffers let onnxruntime capture each bucket's kernels as a
 CUDA graph on its first runs and replay it afterwards with one launch
 (``enable_cuda_graph``, one ``gpu_graph_id`` per bucket).  Graphs that keep
 nodes on the CPU (the tree-ensemble operator has no CUDA kernel) cannot be
-captured: the session is then rebuilt without CUDA graphs and bound per call
-(input copied by the binding, outputs bound to host memory).
+captured.  Bound per call instead (input copied by the binding, outputs bound
+to host memory) they lost to the core on one CPU thread of the same machine
+(H100 machine, 16 cores, 2026-11-23, rows/s at batch 1 / 256: IForest 5,700 /
+87k on CUDA against 37k / 221k on the CPU, LODA 3,400 / 735k against 41k /
+1.27M, the ensemble holding IForest 695 / 54k against 6,300 / 45k), so
+``providers="auto"`` scores such graphs on the CPU; ``"cuda"`` keeps them on
+the GPU, bound per call.
 
 Session options, measured with ``tests/perf/bench_core.py --session-grid``
 (bare session, rows/s at batch 1 / 256 / 4096, 2-core machine otherwise idle,
@@ -194,10 +199,19 @@ class Scorer:
         self._cuda_graphs = chosen[0] == "CUDAExecutionProvider"
         try:
             self._session = self._open(chosen, cuda_graph=self._cuda_graphs)
-        except Exception:
+        except Exception as exc:
             if not self._cuda_graphs:
                 raise
+            # Expected for graphs with CPU-only nodes (the tree operator) or control flow (LODA's If).
+            # Bound per call on CUDA they ran slower than the core on one CPU thread (module
+            # docstring), so ``auto`` takes the CPU for them; ``cuda`` keeps the GPU.
+            reason = " ".join(str(exc).split())
             self._cuda_graphs = False
+            if providers == "auto":
+                log.info("model %s: no CUDA graph replay (%s); scoring on the CPU", self.ref, reason)
+                chosen = ["CPUExecutionProvider"]
+            else:
+                log.info("model %s: no CUDA graph replay (%s); binding per call", self.ref, reason)
             self._session = self._open(chosen, cuda_graph=False)
         self.provider = self._session.get_providers()[0]
         if providers == "cuda" and self.provider != "CUDAExecutionProvider":
@@ -432,6 +446,8 @@ class Scorer:
 
     def _open(self, providers: list[str], *, cuda_graph: bool) -> ort.InferenceSession:
         opts = self._session_options()
+        if cuda_graph:  # a refused capture is reported by the caller, not as an onnxruntime error line
+            opts.log_severity_level = 4
         plist: list[str | tuple[str, dict[str, str]]] = list(providers)
         if providers[0] == "CUDAExecutionProvider":
             # TF32 matmuls drifted 2e-4 relative from the CPU scores (seen on an H100); the

@@ -265,6 +265,9 @@ def main() -> None:
     parser.add_argument("--service-settings", type=json.loads, default={}, metavar="JSON",
                         help="config sections for the service, e.g. '{\"batching\": {\"max_latency_ms\": 5}}' "
                              "(each section given replaces the bench's)")
+    parser.add_argument("--artifact", type=Path, default=None, metavar="DIR",
+                        help="serve this exported artifact (model.onnx + card.json, 32 features x0..x31, e.g. "
+                             "from bench_core.py --export) instead of training an IForest here")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
                         help="record the service with py-spy (collapsed stacks) during its max-rate run")
     args = parser.parse_args()
@@ -279,9 +282,18 @@ def main() -> None:
 
     gen = SyntheticStream(n_features=N_FEATURES, seed=1)
     X, _ = gen.sample(10_000, anomaly_rate=0.01)
-    train_iforest(tmp, X)
+    if args.artifact is None:
+        train_iforest(tmp, X)
+        model_name = "IForest (100 trees)"
+    else:  # a machine without the training extras (a GPU machine): serve what was exported elsewhere
+        from models.artifact import Artifact
+        from models.registry import Registry
+
+        art = Artifact.load(args.artifact)
+        Registry(tmp / "models").register("default", art.model_path.read_bytes(), art.card)
+        model_name = f"{art.card.detector.get('algorithm', '?')} from {args.artifact}"
     sample = _payloads(1, 0)[0]
-    print(f"model: IForest (100 trees), {N_FEATURES} features; event size ≈ {len(sample)} B; "
+    print(f"model: {model_name}, {N_FEATURES} features; event size ≈ {len(sample)} B; "
           f"{os.cpu_count()} CPUs; broker: embedded Tansu", flush=True)
 
     rows: list[tuple[str, str, float, np.ndarray | None, dict[str, float]]] = []

@@ -171,6 +171,22 @@ def test_cuda_scores_equal_cpu_scores_at_every_bucket(algorithm: str, tmp_path: 
             assert (a.anomaly == b.anomaly).mean() >= 0.99
 
 
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_auto_keeps_on_cuda_only_graphs_that_replay_cuda_graphs(algorithm: str, tmp_path: Path) -> None:
+    _cuda_or_skip()
+    art = _zoo_artifact(tmp_path, algorithm)
+    auto = Scorer(art, providers="auto")  # type: ignore[arg-type]
+    cuda = Scorer(art, providers="cuda")  # type: ignore[arg-type]
+    assert cuda.provider == "CUDAExecutionProvider"
+    # The tree operator has no CUDA kernel and LODA's graph holds an If: neither can be captured.
+    capturable = algorithm not in ("iforest", "loda")
+    assert cuda.cuda_graphs is capturable
+    assert auto.provider == ("CUDAExecutionProvider" if capturable else "CPUExecutionProvider")
+    assert auto.cuda_graphs is capturable
+    X, _ = SyntheticStream(n_features=6, seed=9).sample(300, anomaly_rate=0.02)
+    np.testing.assert_allclose(auto.score(X).raw, cuda.score(X).raw, rtol=1e-4, atol=1e-4)
+
+
 def test_contributions_for_alerting_rows_only_equal_the_whole_graph(registry: Path) -> None:
     import onnxruntime as ort
 
