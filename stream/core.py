@@ -53,8 +53,9 @@ to host memory) they lost to the core on one CPU thread of the same machine
 (H100 machine, 16 cores, 2026-11-23, rows/s at batch 1 / 256: IForest 5,700 /
 87k on CUDA against 37k / 221k on the CPU, LODA 3,400 / 735k against 41k /
 1.27M, the ensemble holding IForest 695 / 54k against 6,300 / 45k), so
-``providers="auto"`` scores such graphs on the CPU; ``"cuda"`` keeps them on
-the GPU, bound per call.
+``providers="auto"`` scores such graphs on the CPU, decided from the graph's
+operators before any CUDA state is loaded (:func:`serving_graph.cuda_capturable`);
+``"cuda"`` keeps them on the GPU, bound per call.
 
 Session options, measured with ``tests/perf/bench_core.py --session-grid``
 (bare session, rows/s at batch 1 / 256 / 4096, 2-core machine otherwise idle,
@@ -110,7 +111,6 @@ def choose_providers(choice: ProviderChoice) -> list[str]:
     if choice == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in available:
-        _preload_cuda()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if choice == "cuda":
         raise ScoringError(
@@ -196,15 +196,23 @@ class Scorer:
         self.features = self.card.features
         self._threads = threads or 1
         chosen = choose_providers(providers)
+        if providers == "auto" and chosen[0] == "CUDAExecutionProvider":
+            import onnx  # load time only
+
+            if not serving_graph.cuda_capturable(onnx.load(str(artifact.model_path))):
+                # Known before a CUDA session is made: one would hold the CUDA context (hundreds of MiB).
+                log.info("model %s: its graph cannot replay as a CUDA graph; scoring on the CPU", self.ref)
+                chosen = ["CPUExecutionProvider"]
         self._cuda_graphs = chosen[0] == "CUDAExecutionProvider"
         try:
             self._session = self._open(chosen, cuda_graph=self._cuda_graphs)
         except Exception as exc:
             if not self._cuda_graphs:
                 raise
-            # Expected for graphs with CPU-only nodes (the tree operator) or control flow (LODA's If).
-            # Bound per call on CUDA they ran slower than the core on one CPU thread (module
-            # docstring), so ``auto`` takes the CPU for them; ``cuda`` keeps the GPU.
+            # Graphs with CPU-only nodes (the tree operator) or control flow (LODA's If), under ``cuda``
+            # (``auto`` sent them to the CPU above), or another refusal.  Bound per call on CUDA such
+            # graphs ran slower than the core on one CPU thread (module docstring), so ``auto`` takes
+            # the CPU for them; ``cuda`` keeps the GPU.
             reason = " ".join(str(exc).split())
             self._cuda_graphs = False
             if providers == "auto":
@@ -450,6 +458,7 @@ class Scorer:
             opts.log_severity_level = 4
         plist: list[str | tuple[str, dict[str, str]]] = list(providers)
         if providers[0] == "CUDAExecutionProvider":
+            _preload_cuda()  # here, not when choosing: a graph ``auto`` sends to the CPU loads none of it
             # TF32 matmuls drifted 2e-4 relative from the CPU scores (seen on an H100); the
             # graphs are too small for it to pay, so full float32 is kept.
             cuda_opts = {"use_tf32": "0"}

@@ -13,6 +13,8 @@ The artifact's ``model.onnx`` keeps the contract's outputs (raw ``score`` and
 * :func:`top_contributions` — the graph pruned to ``contributions`` with a
   ``TopK`` appended, run on the alerting rows where contributions come on
   demand;
+* :func:`cuda_capturable` — whether CUDA could replay the graph as one CUDA
+  graph (no operator without a CUDA kernel, no control flow);
 * :func:`fused_affine` — on the CPU, each per-column affine step on the
   input side (the histogram grids' ``z * 2**p + bias``, the scalers' and
   centrings' ``x - c``) as one ``BatchNormalization``.  onnxruntime
@@ -37,12 +39,28 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "TOP_INDEX", "TOP_SHARE", "contribution_handover", "fused_affine", "pruned", "top_contributions",
+    "TOP_INDEX", "TOP_SHARE", "contribution_handover", "cuda_capturable", "fused_affine", "pruned", "top_contributions",
     "with_inputs", "with_outputs", "without_imputation",
 ]
 
 TOP_SHARE = "anomstream_top_share"
 TOP_INDEX = "anomstream_top_index"
+
+
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
+def cuda_capturable(model: Any) -> bool:
+    """Whether onnxruntime's CUDA provider could capture ``model`` as one CUDA graph.
+
+    Capture needs every node on the GPU and no control flow: the ``ai.onnx.ml``
+    operators (the tree ensembles) have no CUDA kernel, and ``If``, ``Loop`` and
+    ``Scan`` cannot be captured.  A graph passing this check may still be
+    refused at session creation; the core falls back then.
+    """
+    return not any(
+        node.domain not in ("", "ai.onnx") or node.op_type in _CONTROL_FLOW for node in model.graph.node
+    )
 
 
 def _inputs_of(node: Any) -> set[str]:

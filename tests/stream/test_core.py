@@ -7,6 +7,7 @@ import pytest
 
 from models.registry import Registry
 from models.zoo import ALGORITHMS
+from stream import serving_graph
 from stream.core import Scorer, choose_providers
 from stream.errors import ScoringError
 from stream.synthetic import SyntheticStream
@@ -171,6 +172,28 @@ def test_cuda_scores_equal_cpu_scores_at_every_bucket(algorithm: str, tmp_path: 
             assert (a.anomaly == b.anomaly).mean() >= 0.99
 
 
+def test_capturable_graphs_are_those_without_tree_operators_or_control_flow(tmp_path: Path) -> None:
+    import onnx
+
+    from models.ensemble import Ensemble
+    from models.pipeline import Pipeline
+    from models.preprocessing import Preprocessor
+    from models.zoo import make_detector
+    from stream.serving_graph import cuda_capturable
+
+    verdicts = {a: cuda_capturable(_zoo_graph(tmp_path, a)[1]) for a in sorted(ALGORITHMS)}
+    assert sorted(a for a, ok in verdicts.items() if not ok) == ["iforest", "loda"]
+    X, _ = SyntheticStream(n_features=6, seed=2).sample(500, anomaly_rate=0.01)
+    features = [f"f{i}" for i in range(6)]
+
+    def ensemble(*members: str) -> bool:
+        ens = Ensemble([Pipeline(preprocessor=Preprocessor(scaler="standard"), detector=make_detector(a))
+                        for a in members]).fit(X)
+        return cuda_capturable(onnx.load_from_string(ens.to_onnx(features)))
+
+    assert ensemble("ecod", "knn") and not ensemble("iforest", "ecod")
+
+
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_auto_keeps_on_cuda_only_graphs_that_replay_cuda_graphs(algorithm: str, tmp_path: Path) -> None:
     _cuda_or_skip()
@@ -181,6 +204,7 @@ def test_auto_keeps_on_cuda_only_graphs_that_replay_cuda_graphs(algorithm: str, 
     # The tree operator has no CUDA kernel and LODA's graph holds an If: neither can be captured.
     capturable = algorithm not in ("iforest", "loda")
     assert cuda.cuda_graphs is capturable
+    assert serving_graph.cuda_capturable(_zoo_graph(tmp_path / "graph", algorithm)[1]) is capturable
     assert auto.provider == ("CUDAExecutionProvider" if capturable else "CPUExecutionProvider")
     assert auto.cuda_graphs is capturable
     X, _ = SyntheticStream(n_features=6, seed=9).sample(300, anomaly_rate=0.02)
