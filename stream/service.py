@@ -55,7 +55,8 @@ def load_scorer(settings: Settings, version: int | None = None) -> Scorer:
     except ModelError as exc:
         hint = "" if reg.versions(name) else "; train one with `anomstream train DATA`"
         raise ScoringError(f"{exc}{hint}") from None
-    return Scorer(artifact, providers=settings.inference.providers, threads=settings.inference.threads)
+    return Scorer(artifact, providers=settings.inference.providers, threads=settings.inference.threads,
+                  max_batch=settings.batching.max_batch)
 
 
 class Service:
