@@ -85,17 +85,23 @@ async def _produce(bootstrap: str, topic: str, payloads: list[tuple[bytes | None
     return [(m.partition, m.offset) for m in metas]
 
 
-async def _consume(bootstrap: str, topic: str, *, until: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> list[Any]:
+async def _consume(bootstrap: str, topic: str, *, until: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None,
+                   distinct_ids: bool = False) -> list[Any]:
+    """Records of ``topic`` until ``until`` arrived (with ``distinct_ids``: records of ``until`` distinct ``id``
+    values, so that replayed duplicates after a crash do not end the wait before the last records)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
     await consumer.start()
     out: list[Any] = []
+    seen: set[Any] = set()
     deadline = time.monotonic() + timeout_s
     try:
-        while len(out) < until and time.monotonic() < deadline:
+        while (len(seen) if distinct_ids else len(out)) < until and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for msgs in batch.values():
                 out.extend(msgs)
+                if distinct_ids:
+                    seen.update(orjson.loads(m.value)["id"] for m in msgs)
             if proc is not None and proc.poll() is not None:
                 raise AssertionError(f"service exited early with {proc.returncode}")
         # Linger briefly: anything beyond `until` would be a duplicate.
@@ -233,7 +239,8 @@ def test_sigkill_mid_stream_loses_nothing(broker: str, registry: Path, tmp_path:
     cfg2 = _config(tmp_path, broker, registry, prefix, metrics_port=_free_port())
     proc = _start(cfg2, tmp_path / "serve2.log")
     try:
-        everything = asyncio.run(_consume(broker, f"{prefix}.scores", until=20000, timeout_s=120, proc=proc))
+        everything = asyncio.run(_consume(broker, f"{prefix}.scores", until=20000, timeout_s=120, proc=proc,
+                                          distinct_ids=True))
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
