@@ -50,9 +50,10 @@ CUDA graph on its first runs and replay it afterwards with one launch
 nodes on the CPU (the tree-ensemble operator has no CUDA kernel) cannot be
 captured.  Bound per call instead (input copied by the binding, outputs bound
 to host memory) they lost to the core on one CPU thread of the same machine
-(H100 machine, 16 cores, 2026-11-23, rows/s at batch 1 / 256: IForest 5,700 /
-87k on CUDA against 37k / 221k on the CPU, LODA 3,400 / 735k against 41k /
-1.27M, the ensemble holding IForest 695 / 54k against 6,300 / 45k), so
+at small batches (H100 machine, 16 cores, 2026-11-23, rows/s at batch 1 / 256:
+IForest 5,700 / 87k on CUDA against 37k / 221k on the CPU, LODA 3,400 / 735k
+against 41k / 1.27M, the ensemble holding IForest 695 / 54k against 6,300 /
+45k: only the ensemble gained on CUDA at 256 rows), so
 ``providers="auto"`` scores such graphs on the CPU, decided from the graph's
 operators before any CUDA state is loaded (:func:`serving_graph.cuda_capturable`);
 ``"cuda"`` keeps them on the GPU, bound per call.
