@@ -202,10 +202,12 @@ class Scorer:
         self.features = self.card.features
         self._threads = threads or 1
         chosen = choose_providers(providers)
+        graph: Any = None  # the artifact's graph, read once where the load needs it
         if providers == "auto" and chosen[0] == "CUDAExecutionProvider":
             import onnx  # load time only
 
-            if not serving_graph.cuda_capturable(onnx.load(str(artifact.model_path))):
+            graph = onnx.load(str(artifact.model_path))
+            if not serving_graph.cuda_capturable(graph):
                 # Known before a CUDA session is made: one would hold the CUDA context (hundreds of MiB).
                 log.info("model %s: its graph cannot replay as a CUDA graph; scoring on the CPU", self.ref)
                 chosen = ["CPUExecutionProvider"]
@@ -274,7 +276,7 @@ class Scorer:
         if self._binding is None:
             import onnx  # load time only
 
-            model = onnx.load(str(artifact.model_path))
+            model = graph if graph is not None else onnx.load(str(artifact.model_path))
             fused = serving_graph.fused_affine(model)
             if fused is not None:  # exact, and cheaper on every batch size: no timing needed
                 model = fused
