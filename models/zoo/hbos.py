@@ -57,7 +57,8 @@ class HBOS(Detector):
     ``tol`` limits and the edges) with a :class:`StepGrid`: one scaling to a
     uniform grid, one lookup of the grid cell's limit and an exact comparison,
     so it equals ``np.digitize`` on every float32 value.  One ``GatherElements``
-    then reads each feature's excess from a [cells, D] table; the score is
+    then reads each feature's excess from a table of the grid's cells (one
+    flat row, columns one after the other, where it fits); the score is
     their sum plus the sum of the best cases, the contributions their row
     shares (``LpNormalization``).  A zero excess is stored as ``1e-30``, which
     gives the all-densest row its equal shares and moves no other share by
@@ -187,13 +188,12 @@ class HBOS(Detector):
         grid = StepGrid.fit(thresholds)
         if grid is None:  # thresholds too unevenly spaced for a grid: compare with each
             idx = count_below(g.node, g.initializer, x, thresholds)
-            table = excess
+            terms = g.node(
+                "GatherElements", [g.initializer("hbos_excess", excess), idx], axis=0, name_hint="hbos_excess"
+            )
         else:
-            idx = grid.index(g.node, g.initializer, x)
             table = np.take_along_axis(excess, grid.count_table(), axis=0)
-        terms = g.node(
-            "GatherElements", [g.initializer("hbos_excess", table), idx], axis=0, name_hint="hbos_excess"
-        )
+            terms = grid.lookup(g.node, g.initializer, x, table, "hbos_excess")
         total = g.node("ReduceSum", [terms, g.initializer("axes1", np.array([1], dtype=np.int64))], keepdims=0)
         best = np.array(self.best_score_.sum(), dtype=np.float32)
         score = g.node("Add", [total, g.initializer("hbos_best_total", best)], name_hint="hbos_score")

@@ -250,11 +250,10 @@ class LODA(Detector):
         grid = StepGrid.fit(thresholds)
         if grid is None:
             idx = count_below(node, g.initializer, projected, thresholds)
-            table = neg_log
+            exact = node("GatherElements", [g.initializer("exact_neg_log", neg_log), idx], axis=0, name_hint="terms")
         else:
-            idx = grid.index(node, g.initializer, projected)
             table = np.take_along_axis(neg_log, grid.count_table(), axis=0)
-        exact = node("GatherElements", [g.initializer("exact_neg_log", table), idx], axis=0, name_hint="terms")
+            exact = grid.lookup(node, g.initializer, projected, table, "exact_neg_log")
         exact_graph = onnx.helper.make_graph(
             nodes, f"{prefix}exact", [], [onnx.helper.make_tensor_value_info(exact, _FLOAT, None)]
         )

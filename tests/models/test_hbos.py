@@ -100,27 +100,52 @@ def test_onnx_counts_limits_exactly(X: NDArray[np.float32], n_bins: int, tol: fl
     np.testing.assert_allclose(onnx_shares[finite], det.contributions(rows[finite]), atol=1e-6)
 
 
-def test_step_grid_matches_counting() -> None:
+@pytest.mark.parametrize("flat", [True, False])
+def test_step_grid_matches_counting(flat: bool) -> None:
     rng = np.random.default_rng(2)
     thresholds = (np.cumsum(rng.uniform(0.1, 1.0, size=(12, 5)), axis=0) - 3.0).astype(np.float32)
     thresholds[3:6, 1] = thresholds[3, 1]  # repeated limits count together
     thresholds[:, 2] = np.float32(1000.0) + np.arange(12, dtype=np.float32) * np.float32(2**-14)  # a few ulps apart
+    grid = StepGrid.fit(thresholds, flat=flat)
+    assert grid is not None and bool(grid.stride) == flat
+    _assert_counts(grid, thresholds, rng)
+
+
+def test_step_grid_flat_layout_keeps_counts_exact_where_the_offset_rounds() -> None:
+    # Many columns (large offsets, so the offset addition rounds at ~1e-4 of a cell) whose limits
+    # sit just below, on and just above cell boundaries of a grid of step 1: the plan must refine or
+    # place them so that every value still counts exactly.
+    rng = np.random.default_rng(5)
+    base = np.arange(40, dtype=np.float32)
+    columns = []
+    for j in range(300):
+        eps = np.float32(j % 7 - 3) * np.float32(2**-20)
+        col = np.sort(base + eps + np.where(rng.random(40) < 0.5, np.float32(0.5), np.float32(0)))
+        columns.append(col)
+    thresholds = np.stack(columns, axis=1).astype(np.float32)
     grid = StepGrid.fit(thresholds)
-    assert grid is not None
+    assert grid is not None and grid.stride > 0
+    _assert_counts(grid, thresholds, rng)
+
+
+def _assert_counts(grid: StepGrid, thresholds: np.ndarray, rng: np.random.Generator) -> None:
+    m = thresholds.shape[1]
     z = np.vstack(
         [
             thresholds,
             np.nextafter(thresholds, np.float32(np.inf)),
             np.nextafter(thresholds, np.float32(-np.inf)),
-            rng.normal(size=(200, 5)).astype(np.float32),
-            np.full((1, 5), np.inf, dtype=np.float32),
-            np.full((1, 5), -np.inf, dtype=np.float32),
+            rng.permuted(thresholds, axis=0),
+            (thresholds.min() - 1 + rng.random((200, m)) * (thresholds.max() - thresholds.min() + 2)).astype(np.float32),
+            np.full((1, m), np.inf, dtype=np.float32),
+            np.full((1, m), -np.inf, dtype=np.float32),
+            np.full((1, m), 3e38, dtype=np.float32),
+            np.full((1, m), -3e38, dtype=np.float32),
         ]
     )
     g = GraphBuilder()
-    idx = grid.index(g.node, g.initializer, "features")
-    counts = g.node("GatherElements", [g.initializer("counts", grid.count_table().astype(np.float32)), idx], axis=0)
-    model = g.build("features", 5, {"contributions": counts}).SerializeToString()
+    counts = grid.lookup(g.node, g.initializer, "features", grid.count_table().astype(np.float32), "counts")
+    model = g.build("features", m, {"contributions": counts}).SerializeToString()
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     (got,) = sess.run(["contributions"], {"features": z})
     np.testing.assert_array_equal(got, (thresholds[None] < z[:, None]).sum(axis=1))

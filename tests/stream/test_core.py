@@ -344,8 +344,11 @@ def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(
     fused = fused_affine(model)
     assert fused is not None and fused_affine(fused) is None
     ops = [n.op_type for n in fused.graph.node]
-    assert ops.count("BatchNormalization") == 1 and len(ops) == len(model.graph.node) - 1
+    # The grid's Mul and Add as one node; the flat layout's offset Add as another.
+    assert ops.count("BatchNormalization") == 2 and len(ops) == len(model.graph.node) - 1
     limits = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "grid_thresholds"))
+    width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    limits = limits.reshape(width, -1).T  # one flat row: column after column
     rng = np.random.default_rng(0)
     columns = []
     for j in range(limits.shape[1]):
