@@ -40,9 +40,10 @@ class StepGrid:
     ``j``'s cells are numbered from ``j * stride`` in one row, the offset added
     to the clipped position before the cast, and both lookups run along that
     row.  onnxruntime's ``GatherElements`` along the last axis measured 10.4
-    against 16.1 µs a call along the first at 256 × 32 (the graph 8.6% faster
-    at 256 rows, 15% at 4,096; 10-15% slower at 1-16 rows for its four extra
-    nodes).  The addition rounds, but monotonically, and the plan computes
+    against 16.1 µs a call along the first at 256 × 32 (HBOS's graph 8% faster
+    at 256 rows, 12% at 4,096; 10-16% slower at 1-16 rows for its four extra
+    small nodes; 2-core machine, 2026-11-23).  The addition rounds, but
+    monotonically, and the plan computes
     the thresholds' cells through it too, so the argument above still holds:
     a threshold in a lower cell than ``z`` is below it, one in a higher cell
     above it, and one in the same cell is compared.
