@@ -266,16 +266,19 @@ class Preprocessor:
         for j in range(d):
             knots[j, : sizes[j]] = self.knots_[j]
             levels[j, : sizes[j]] = self.levels_[j]
-        flat_k = g.initializer("quantile_knots", knots.ravel())
-        flat_l = g.initializer("quantile_levels", levels.ravel())
+        flat_k = g.initializer("quantile_knots", knots.reshape(1, -1))
+        flat_l = g.initializer("quantile_levels", levels.reshape(1, -1))
         col_start = np.arange(d, dtype=np.int64) * width
         # count = number of knots <= x, found bit by bit from the highest.
         pos: str | None = None
         step = (width + 1) // 2
         while step >= 1:
-            offset = g.initializer("q_probe_offset", col_start + (step - 1))
-            idx = offset if pos is None else g.node("Add", [pos, offset], name_hint="q_probe")
-            value = g.node("Gather", [flat_k, idx], axis=0, name_hint="q_probe_value")
+            if pos is None:  # the first probe reads one value per column: [D], broadcast over the rows
+                value = g.initializer("q_probe_value", knots.ravel()[col_start + (step - 1)])
+            else:
+                offset = g.initializer("q_probe_offset", col_start + (step - 1))
+                idx = g.node("Add", [pos, offset], name_hint="q_probe")
+                value = g.lookup(flat_k, idx, d, name_hint="q_probe_value")
             inside = g.node("LessOrEqual", [value, x], name_hint="q_inside")
             step_c = g.initializer("q_step", np.array(step, dtype=np.int64))
             longer = step_c if pos is None else g.node("Add", [pos, step_c], name_hint="q_longer")
@@ -294,10 +297,10 @@ class Preprocessor:
             [hi_idx, g.initializer("q_one_i", np.array(1, dtype=np.int64))],
             name_hint="q_lo_idx",
         )
-        lo = g.node("Gather", [flat_k, lo_idx], axis=0, name_hint="q_lo")
-        hi = g.node("Gather", [flat_k, hi_idx], axis=0, name_hint="q_hi")
-        p_lo = g.node("Gather", [flat_l, lo_idx], axis=0, name_hint="q_plo")
-        p_hi = g.node("Gather", [flat_l, hi_idx], axis=0, name_hint="q_phi")
+        lo = g.lookup(flat_k, lo_idx, d, name_hint="q_lo")
+        hi = g.lookup(flat_k, hi_idx, d, name_hint="q_hi")
+        p_lo = g.lookup(flat_l, lo_idx, d, name_hint="q_plo")
+        p_hi = g.lookup(flat_l, hi_idx, d, name_hint="q_phi")
         t = g.node("Div", [g.node("Sub", [x, lo]), g.node("Sub", [hi, lo])], name_hint="q_t")
         t = g.node(
             "Max", [t, g.initializer("q_zero_f", np.array(0.0, dtype=np.float32))], name_hint="q_t"

@@ -107,10 +107,11 @@ class LOF(Detector):
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
         # The k + margin candidates, a 0/1 weight marking the k neighbours: the means need no order.
         sq_dist, cand, chosen, per_feature = self.reference_.onnx_nearest_set(g, x, self.k_)
+        kk = self.reference_.n_candidates(self.k_)
         dist = g.node("Sqrt", [sq_dist], name_hint="dist")
-        k_dist = g.node("Gather", [g.initializer("k_distance", self.k_distance_), cand], axis=0)
+        k_dist = g.lookup(g.initializer("k_distance", self.k_distance_[None, :]), cand, kk, name_hint="k_dist")
         reach = g.node("Max", [dist, k_dist], name_hint="reach_dist")
-        lrd_nbrs = g.node("Gather", [g.initializer("lrd", self.lrd_), cand], axis=0)
+        lrd_nbrs = g.lookup(g.initializer("lrd", self.lrd_[None, :]), cand, kk, name_hint="lrd_nbrs")
         axes = g.initializer("axes1", np.array([1], dtype=np.int64))
         inv_k = g.initializer("inv_k", np.array(1.0 / self.k_))
 

@@ -147,6 +147,10 @@ class ReferenceSet:
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
+    def n_candidates(self, k: int) -> int:
+        """How many candidates the graph re-ranks exactly for ``k`` neighbours: ``min(k + margin, M)``."""
+        return min(k + self._margin(), len(self))
+
     def centred(self, X: NDArray[np.floating]) -> NDArray[np.float64]:
         """Queries ``X`` moved like the reference rows, in float64."""
         return np.asarray(X, dtype=np.float64) - self.center
@@ -237,7 +241,7 @@ class ReferenceSet:
         first), the neighbours' row numbers [N, k] (int64) and the per-feature
         squared differences summed over the ``k`` neighbours [N, D] (float64).
         """
-        kk = min(k + self._margin(), len(self))
+        kk = self.n_candidates(k)
         cand = self._onnx_candidates(g, x, kk)
         if kk > 1:  # ascending row numbers, so that exact ties go to the lower number
             cand, _ = _smallest_sorted(g, cand, kk, "n_candidates", "candidates_in_order")
@@ -279,7 +283,7 @@ class ReferenceSet:
         the ``k`` smallest, or the ``kk - k + 1`` largest (the ``k``-th
         smallest is their minimum).
         """
-        kk = min(k + self._margin(), len(self))
+        kk = self.n_candidates(k)
         cand = self._onnx_candidates(g, x, kk)
         sq_diff, sq = self._onnx_exact(g, x, cand, kk)
         if kk > k:
