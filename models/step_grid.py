@@ -43,10 +43,10 @@ class StepGrid:
     against 16.1 µs a call along the first at 256 × 32 (HBOS's graph 8% faster
     at 256 rows, 12% at 4,096; 10-16% slower at 1-16 rows for its four extra
     small nodes; 2-core machine, 2026-11-23).  The addition rounds, but
-    monotonically, and the plan computes
-    the thresholds' cells through it too, so the argument above still holds:
-    a threshold in a lower cell than ``z`` is below it, one in a higher cell
-    above it, and one in the same cell is compared.
+    monotonically, and the plan computes the thresholds' cells through it
+    too, so the argument above still holds: a threshold in a lower cell than
+    ``z`` is below it, one in a higher cell above it, and one in the same
+    cell is compared.
     """
 
     shift: NDArray[np.floating]  # [M], the dtype of the thresholds
@@ -96,8 +96,7 @@ class StepGrid:
                     cells[:, j] = flat
                     continue
                 p = powers[j]
-                if p is None:  # one distinct value: every cell holds it alone
-                    return None
+                assert p is not None  # a column of one distinct value has its cell to itself
                 found = _column(self.thresholds[:, j], self.shift[j], max_cells, p + 1)
                 if found is None:
                     return None

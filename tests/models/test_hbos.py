@@ -123,8 +123,9 @@ def test_step_grid_flat_layout_keeps_counts_exact_where_the_offset_rounds() -> N
         col = np.sort(base + eps + np.where(rng.random(40) < 0.5, np.float32(0.5), np.float32(0)))
         columns.append(col)
     thresholds = np.stack(columns, axis=1).astype(np.float32)
-    grid = StepGrid.fit(thresholds)
-    assert grid is not None and grid.stride > 0
+    grid, plain = StepGrid.fit(thresholds), StepGrid.fit(thresholds, flat=False)
+    assert grid is not None and grid.stride > 0 and plain is not None
+    assert (grid.cells != plain.cells).any()  # the offset's rounding moved some limits' cells
     _assert_counts(grid, thresholds, rng)
 
 
