@@ -148,17 +148,29 @@ def _pyod_model(algo: str) -> Any:
     return None if maker is None else maker()
 
 
-def _pyod(algo: str, X_train: np.ndarray) -> Callable[[np.ndarray], Any] | None:
+def _pyod(algo: str, X_train: np.ndarray, detector: dict[str, Any]) -> Callable[[np.ndarray], Any] | None:
+    """PyOD's ``decision_function`` for the card's ``detector``, fitted on the rows that detector keeps.
+
+    Neighbour and kernel detectors keep a seeded subsample of ``max_train``
+    training rows: PyOD's model is fitted on those same rows, so both
+    engines score against the same reference set (on all 10,000 rows
+    PyOD's LOF, KNN and OCSVM took 1.7-2.0x as long).
+    """
     try:
         import pyod  # noqa: F401
     except ImportError:
         return None
     if algo == "ensemble":
-        fns = [f for a in ENSEMBLE if (f := _pyod(a, X_train)) is not None]
+        fns = [f for m in detector["members"] if (f := _pyod(m["algorithm"], X_train, m)) is not None]
         return lambda b: [f(b) for f in fns]
     det = _pyod_model(algo)
     if det is None:
         return None
+    keep = detector.get("params", {}).get("max_train")
+    if keep is not None:
+        from models.zoo.neighbours import subsample
+
+        X_train = subsample(X_train, int(keep))
     try:
         det.fit(X_train)
     except ValueError as exc:  # PyOD's CBLOF cannot split clusters on some data
@@ -308,7 +320,7 @@ def main() -> None:
     for name in wanted:
         art, _fit_s = models[name]
         engines: list[tuple[str, Callable[[np.ndarray], Any]]] = []
-        native = None if args.no_pyod else _pyod(name, X_train)
+        native = None if args.no_pyod else _pyod(name, X_train, art.card.detector)
         if native is not None:
             engines.append(("PyOD", native))
         opts = ort.SessionOptions()
