@@ -107,6 +107,13 @@ class KNN(Detector):
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
         k = self.n_neighbors
+        if self.method == "largest":
+            # The k-th distance needs no order among the neighbours: one TopK over the candidates
+            # instead of sorting them by row number and then by distance.
+            _, _, _, per_feature, kth = self.reference_.onnx_nearest_set(g, x, k)
+            axes = g.initializer("axes1", np.array([1], dtype=np.int64))
+            dist = g.node("Sqrt", [g.node("Squeeze", [kth, axes])], name_hint="knn_score")
+            return to_float(g, dist), g.row_shares(to_float(g, per_feature))
         sq_dist, _, per_feature = self.reference_.onnx_nearest(g, x, k)
         dist = g.node("Sqrt", [sq_dist], name_hint="dist")  # nearest first
         if self.method == "largest":

@@ -106,7 +106,7 @@ class LOF(Detector):
 
     def onnx_graph(self, g: GraphBuilder, x: str) -> tuple[str, str]:
         # The k + margin candidates, a 0/1 weight marking the k neighbours: the means need no order.
-        sq_dist, cand, chosen, per_feature = self.reference_.onnx_nearest_set(g, x, self.k_)
+        sq_dist, cand, chosen, per_feature, _ = self.reference_.onnx_nearest_set(g, x, self.k_)
         kk = self.reference_.n_candidates(self.k_)
         dist = g.node("Sqrt", [sq_dist], name_hint="dist")
         k_dist = g.lookup(g.initializer("k_distance", self.k_distance_[None, :]), cand, kk, name_hint="k_dist")

@@ -264,16 +264,18 @@ class ReferenceSet:
         per_feature = g.node("Squeeze", [summed, _int64(g, "axes1", [1])], name_hint="per_feature")
         return sq_k, index, per_feature
 
-    def onnx_nearest_set(self, g: GraphBuilder, x: str, k: int) -> tuple[str, str, str, str]:
+    def onnx_nearest_set(self, g: GraphBuilder, x: str, k: int) -> tuple[str, str, str, str, str]:
         """Nodes for the set of :meth:`nearest` neighbours of the float32 queries ``x``, unordered.
 
         Cheaper than :meth:`onnx_nearest` where only the set matters: no sort.
         Returns the names of the candidates' squared distances [N, kk]
         (float64), their row numbers [N, kk] (int64), a float64 0/1 weight
         [N, kk] marking the ``k`` neighbours (the same rows as
-        :meth:`nearest` picks, ties to the lower row number) and the
-        per-feature squared differences summed over them [N, D] (float64),
-        with ``kk = min(k + margin, M)``.
+        :meth:`nearest` picks, ties to the lower row number), the
+        per-feature squared differences summed over them [N, D] (float64)
+        and the ``k``-th smallest squared distance [N, 1] (float64; the
+        same value whichever tied row is the ``k``-th), with
+        ``kk = min(k + margin, M)``.
 
         The ``k``-th smallest exact distance ``t`` (a TopK) splits the
         candidates: those below ``t`` are all neighbours; those at ``t``
@@ -307,9 +309,10 @@ class ReferenceSet:
         else:  # every candidate is a neighbour
             one = g.initializer("one64", np.array(1.0))
             weight = g.node("Expand", [one, g.node("Shape", [sq])], name_hint="chosen")
+            kth = g.node("ReduceMax", [sq], axes=[1], keepdims=1, name_hint="kth")
         summed = g.node("MatMul", [g.node("Unsqueeze", [weight, _int64(g, "axes1", [1])]), sq_diff])
         per_feature = g.node("Squeeze", [summed, _int64(g, "axes1", [1])], name_hint="per_feature")
-        return sq, cand, weight, per_feature
+        return sq, cand, weight, per_feature, kth
 
     def _onnx_exact(self, g: GraphBuilder, x: str, cand: str, kk: int) -> tuple[str, str]:
         """Exact float64 per-feature squared differences [N, kk, D] to ``cand`` [N, kk] and their sums [N, kk].
