@@ -116,12 +116,7 @@ class KNN(Detector):
             return to_float(g, dist), g.row_shares(to_float(g, per_feature))
         sq_dist, _, per_feature = self.reference_.onnx_nearest(g, x, k)
         dist = g.node("Sqrt", [sq_dist], name_hint="dist")  # nearest first
-        if self.method == "largest":
-            picked = [k - 1]
-        elif self.method == "mean":
-            picked = list(range(k))
-        else:
-            picked = sorted({(k - 1) // 2, k // 2})
+        picked = list(range(k)) if self.method == "mean" else sorted({(k - 1) // 2, k // 2})
         if len(picked) < k:
             dist = g.node("Gather", [dist, g.initializer("picked", np.array(picked))], axis=1)
         score = g.node("ReduceMean", [dist], axes=[1], keepdims=0, name_hint="knn_score")
