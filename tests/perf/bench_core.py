@@ -5,7 +5,9 @@ For each detector of :data:`models.zoo.ALGORITHMS` and one ensemble
 4096 rows:
 
 * PyOD's native ``decision_function`` on a PyOD model of the same kind fitted
-  on the same rows, with its BLAS/OpenMP/torch thread pools held at one
+  on the same rows (for detectors that keep a ``max_train`` subsample, on
+  that subsample: both search the same reference set), with its
+  BLAS/OpenMP/torch thread pools held at one
   thread like the core (and, in a second table at batch 256, at its default
   threads against the core at two) (PyOD's ECOD and COPOD re-fit their ECDFs on train + batch
   at every call, which is part of their cost; the ensemble's PyOD row calls
