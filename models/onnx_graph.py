@@ -195,6 +195,37 @@ class GraphBuilder:
         got = self.node("GatherElements", [table, flat], axis=1, name_hint=f"{name_hint}_row")
         return self.node("Reshape", [got, rows], name_hint=name_hint)
 
+    def prefix_count(self, x: str, values: np.ndarray, table: str, op: str, *, name_hint: str = "probe") -> str:
+        """Nodes counting, per cell of ``x`` [N, D], how many of its column's sorted values ``v`` satisfy ``op(v, x)``.
+
+        ``values`` [D, width] holds each column's values ascending, padded with
+        +inf to ``width = 2**k - 1``; ``table`` is the initializer of
+        ``values.reshape(1, -1)``.  The count (int64 [N, D], at most ``width``)
+        is a prefix length found bit by bit from the highest: an unrolled binary
+        search.  The first probe is the same for every row (a constant); the
+        others read the table with :meth:`lookup`.
+        """
+        d, width = values.shape
+        flat = values.ravel()
+        col_start = np.arange(d, dtype=np.int64) * width
+        pos = self.initializer(f"{name_hint}_zero", np.array(0, dtype=np.int64))
+        first = True
+        step = (width + 1) // 2
+        while step >= 1:
+            # Is the last value of the candidate prefix pos + step inside?
+            if first:
+                value = self.initializer(f"{name_hint}_value", flat[col_start + (step - 1)])
+            else:
+                offset = self.initializer(f"{name_hint}_offset", col_start + (step - 1))
+                value = self.lookup(table, self.node("Add", [pos, offset], name_hint=name_hint), d,
+                                    name_hint=f"{name_hint}_value")
+            inside = self.node(op, [value, x], name_hint=f"{name_hint}_inside")
+            step_c = self.initializer(f"{name_hint}_step", np.array(step, dtype=np.int64))
+            longer = step_c if first else self.node("Add", [pos, step_c], name_hint=f"{name_hint}_longer")
+            pos = self.node("Where", [inside, longer, pos], name_hint=f"{name_hint}_prefix")
+            first, step = False, step // 2
+        return pos
+
     def row_shares(self, x: str) -> str:
         """Nodes dividing each row of the non-negative ``[N, D]`` tensor ``x`` by its sum."""
         axes = self.initializer("axes1", np.array([1], dtype=np.int64))

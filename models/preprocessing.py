@@ -269,23 +269,7 @@ class Preprocessor:
         flat_k = g.initializer("quantile_knots", knots.reshape(1, -1))
         flat_l = g.initializer("quantile_levels", levels.reshape(1, -1))
         col_start = np.arange(d, dtype=np.int64) * width
-        # count = number of knots <= x, found bit by bit from the highest.
-        pos: str | None = None
-        step = (width + 1) // 2
-        while step >= 1:
-            if pos is None:  # the first probe reads one value per column: [D], broadcast over the rows
-                value = g.initializer("q_probe_value", knots.ravel()[col_start + (step - 1)])
-            else:
-                offset = g.initializer("q_probe_offset", col_start + (step - 1))
-                idx = g.node("Add", [pos, offset], name_hint="q_probe")
-                value = g.lookup(flat_k, idx, d, name_hint="q_probe_value")
-            inside = g.node("LessOrEqual", [value, x], name_hint="q_inside")
-            step_c = g.initializer("q_step", np.array(step, dtype=np.int64))
-            longer = step_c if pos is None else g.node("Add", [pos, step_c], name_hint="q_longer")
-            otherwise = g.initializer("q_zero", np.array(0, dtype=np.int64)) if pos is None else pos
-            pos = g.node("Where", [inside, longer, otherwise], name_hint="q_prefix")
-            step //= 2
-        assert pos is not None  # width >= 1, so the loop ran
+        pos = g.prefix_count(x, knots, flat_k, "LessOrEqual", name_hint="q_probe")  # knots <= x
         # Segment i in [1, size - 1]: between knots i - 1 and i.
         i = g.node(
             "Max", [pos, g.initializer("q_one", np.array(1, dtype=np.int64))], name_hint="q_seg"

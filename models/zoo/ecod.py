@@ -90,33 +90,13 @@ class ECOD(Detector):
     def _contributions(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         return row_shares(self._tails(X))
 
-    def _count(
-        self, g: GraphBuilder, x: str, values: NDArray[np.float32], table: str, width: int, op: str
-    ) -> str:
-        """Per cell of ``x``, how many training values ``v`` satisfy ``op(v, x)``.
+    def _count(self, g: GraphBuilder, x: str, values: NDArray[np.float32], table: str, op: str) -> str:
+        """Per cell of ``x``, how many training values ``v`` satisfy ``op(v, x)`` (float32).
 
-        ``values`` holds the sorted columns one after another, each padded
-        with +inf to ``width = 2**k - 1`` values (``table``: the same as one
-        row); the count is a prefix length, found bit by bit from the highest
-        (at most ``width``).  The first probe is the same for every row (a
-        constant); the others read the table with :meth:`GraphBuilder.lookup`.
+        ``values`` [D, width] holds the sorted columns padded with +inf
+        (``table``: the same as one row); see :meth:`GraphBuilder.prefix_count`.
         """
-        d = self.n_features_in_
-        col_start = np.arange(d, dtype=np.int64) * width
-        zero = g.initializer("zero_i64", np.array(0, dtype=np.int64))
-        pos, step = zero, (width + 1) // 2
-        while step >= 1:
-            # Is the last value of the candidate prefix pos + step inside?
-            if pos == zero:
-                value = g.initializer("probe_value", values[col_start + (step - 1)])
-            else:
-                idx = g.node("Add", [pos, g.initializer("probe_offset", col_start + (step - 1))], name_hint="probe")
-                value = g.lookup(table, idx, d, name_hint="probe_value")
-            inside = g.node(op, [value, x], name_hint="inside")
-            step_c = g.initializer("step", np.array(step, dtype=np.int64))
-            longer = step_c if pos == zero else g.node("Add", [pos, step_c], name_hint="longer")
-            pos = g.node("Where", [inside, longer, pos], name_hint="prefix")
-            step //= 2
+        pos = g.prefix_count(x, values, table, op)
         # Only the +inf padding can push a count above n (when x is +inf).
         n = g.initializer("n_train", np.array(self.n_train_, dtype=np.int64))
         count = g.node("Min", [pos, n], name_hint="count")
@@ -128,10 +108,10 @@ class ECOD(Detector):
         width = 2 ** int(np.ceil(np.log2(n + 1))) - 1
         padded = np.full((width, d), np.inf, dtype=np.float32)
         padded[:n] = self.sorted_
-        values = np.ascontiguousarray(padded.T).ravel()
-        table = g.initializer("sorted_columns", values[None, :])
-        le = self._count(g, x, values, table, width, "LessOrEqual")
-        lt = self._count(g, x, values, table, width, "Less")
+        values = np.ascontiguousarray(padded.T)
+        table = g.initializer("sorted_columns", values.reshape(1, -1))
+        le = self._count(g, x, values, table, "LessOrEqual")
+        lt = self._count(g, x, values, table, "Less")
         log_n1 = g.initializer("log_n1", np.array(np.log(n + 1.0), dtype=np.float32))
         one = g.initializer("one_f", np.array(1.0, dtype=np.float32))
         n1 = g.initializer("n1", np.array(n + 1.0, dtype=np.float32))
