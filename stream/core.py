@@ -78,8 +78,10 @@ from __future__ import annotations
 import logging
 from bisect import bisect_right
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache, partial
+from itertools import pairwise
 from math import isnan
 from time import perf_counter
 from typing import Any, Literal
@@ -164,7 +166,10 @@ class Scorer:
         The model directory (graph + card).
     providers : {"auto", "cpu", "cuda"}
     threads : int
-        Intra-op threads; 0 picks 1 on the CPU (see module docstring).
+        Threads scoring one batch; 0 picks 1.  On the CPU every session runs
+        one intra-op thread and a batch of at least :attr:`parallel_rows`
+        rows is cut into ``threads`` parts scored side by side (see
+        ``parallel``); on CUDA, the intra-op threads of nodes left on the CPU.
     contributions : {"auto", "all", "alerting", "handover"}
         ``all`` runs the whole graph on every batch; ``alerting`` asks the
         graph for scores alone and for contributions of the alerting rows
@@ -188,13 +193,22 @@ class Scorer:
         On CUDA with CUDA graphs, the padded batch sizes up to this many rows
         are captured at load, so no batch of the service waits for a capture
         (0: each size on its first batch).
+    parallel : {"auto", "always", "never"}
+        With ``threads`` above 1 on the CPU: ``always`` cuts batches of 128
+        rows or more into parts (cut on multiples of 64 rows), ``never``
+        scores every batch in one call,
+        ``auto`` cuts from the smallest of 128, 256, 1,024 and 4,096 rows at
+        which the parts timed at most 80% of one call at load, and not at
+        all where none did.  Either way the parts must give the very bits of
+        one call (checked at load on rows drawn around the training medians)
+        or the batch is not cut.
     """
 
     def __init__(
         self, artifact: Artifact, *, providers: ProviderChoice = "auto", threads: int = 0,
         contributions: Literal["auto", "all", "alerting", "handover"] = "auto",
         imputation: Literal["auto", "always", "skip"] = "auto",
-        max_batch: int = 0,
+        max_batch: int = 0, parallel: Literal["auto", "always", "never"] = "auto",
     ) -> None:
         self.artifact = artifact
         self.card: Card = artifact.card
@@ -306,6 +320,9 @@ class Scorer:
                     run = self._session_from(stripped, "graph without imputation").run
                     if imputation == "skip" or self._complete_pays(run):
                         self._complete_c = run
+        self._parallel_rows = 0
+        if self._binding is None and self._threads > 1 and parallel != "never":
+            self._parallel_rows = self._parallel_from(always=parallel == "always")
         warm = np.zeros((1, len(self.features)), dtype=np.float32)
         for _ in range(3 if self._cuda_graphs else 1):  # CUDA graphs are captured after a first plain run
             self.score(warm)
@@ -425,6 +442,52 @@ class Scorer:
                  t_split * 1e6, relay[3] if relay is not None else "nothing", t_relay * 1e6, way)
         return way
 
+    def _parallel_from(self, *, always: bool) -> int:
+        """The smallest batch cut into parts (0: none), choosing per ``parallel`` and wrapping the run calls.
+
+        Every call the score path makes (score alone, whole graph, graph
+        without imputation, alerting rows' contributions) is wrapped alike.
+        """
+        calls = {"_run_c": self._run_c, "_score_c": self._score_c, "_complete_c": self._complete_c,
+                 "_top_c": self._top_c}
+        pool = _workers(self._threads - 1)
+        rng = np.random.default_rng(0)
+        med = np.array([self.card.medians.get(f, 0.0) for f in self.features], dtype=np.float64)
+        main = self._complete_c or self._score_c or self._run_c
+        outputs = self._score_outputs if self._score_c is not None else _OUTPUTS
+        chosen = 0
+        for rows in (_PARALLEL_SIZES[:1] if always else _PARALLEL_SIZES):
+            X = (med + rng.normal(0.0, 1.0, (rows, self._width)) * np.maximum(np.abs(med), 1.0)).astype(np.float32)
+            feed = {"features": X}
+            whole = main(outputs, feed, None)
+            parts = _Parts(main, self._threads, rows, pool)
+            cut = parts(outputs, feed, None)
+            if not all(np.array_equal(a, b, equal_nan=a.dtype.kind == "f") for a, b in zip(whole, cut)):
+                log.info("model %s: %d rows in %d parts differ from one call; batches are not cut",
+                         self.ref, rows, self._threads)
+                return 0
+            if always:
+                chosen = rows
+                break
+            t_whole, t_parts = self._race(partial(main, outputs, feed, None), partial(parts, outputs, feed, None))
+            log.info("model %s: %d rows in one call %.0f µs, in %d parts %.0f µs",
+                     self.ref, rows, t_whole * 1e6, self._threads, t_parts * 1e6)
+            if t_parts <= _PARALLEL_GAIN * t_whole:
+                chosen = rows
+                break
+        if chosen:
+            for attr, call in calls.items():
+                if call is not None:
+                    setattr(self, attr, _Parts(call, self._threads, chosen, pool))
+        log.info("model %s: batches of %s rows are scored in %d parts", self.ref,
+                 f"at least {chosen}" if chosen else "no number of", self._threads)
+        return chosen
+
+    @property
+    def parallel_rows(self) -> int:
+        """Batches of at least this many rows are scored in ``threads`` parts side by side (0: never)."""
+        return self._parallel_rows
+
     @property
     def complete_batches_skip_imputation(self) -> bool:
         """Whether batches without NaN run the graph without its imputation (see ``imputation``)."""
@@ -455,10 +518,10 @@ class Scorer:
         self._session = self._open(self._session.get_providers(), cuda_graph=False)
         self._bind_session()
 
-    def _session_options(self) -> ort.SessionOptions:
-        """The options measured best (module docstring)."""
+    def _session_options(self, *, cuda: bool = False) -> ort.SessionOptions:
+        """The options measured best (module docstring): on the CPU one intra-op thread, parts run side by side."""
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self._threads
+        opts.intra_op_num_threads = self._threads if cuda else 1
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -466,7 +529,7 @@ class Scorer:
         return opts
 
     def _open(self, providers: list[str], *, cuda_graph: bool) -> ort.InferenceSession:
-        opts = self._session_options()
+        opts = self._session_options(cuda=providers[0] == "CUDAExecutionProvider")
         if cuda_graph:  # a refused capture is reported by the caller, not as an onnxruntime error line
             opts.log_severity_level = 4
         plist: list[str | tuple[str, dict[str, str]]] = list(providers)
@@ -663,6 +726,49 @@ _ROW0 = np.zeros(1, dtype=np.intp)
 _NO_ROWS = np.empty(0, dtype=np.intp)
 _ROW0.flags.writeable = False
 _NO_ROWS.flags.writeable = False
+
+
+# Batch sizes at which cutting a batch into parts is timed at load, and the share of one call it must beat.
+_PARALLEL_SIZES = (128, 256, 1024, 4096)  # each at least 2 * _ALIGN
+_PARALLEL_GAIN = 0.8
+_ALIGN = 64
+
+
+@cache
+def _workers(n: int) -> ThreadPoolExecutor:
+    """``n`` threads shared by all scorers cutting batches into ``n + 1`` parts (the caller scores one)."""
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="anomstream-score")
+
+
+class _Parts:
+    """A session's C ``run``, cutting batches of ``min_rows`` rows or more into ``parts`` scored side by side.
+
+    onnxruntime lets go of the GIL while it runs, so the parts run on the
+    cores at once; every input is cut along its rows and every output joined
+    along its rows.  The caller scores the first part itself.
+    """
+
+    __slots__ = ("min_rows", "parts", "pool", "run")
+
+    def __init__(self, run: Callable[..., list[NDArray[Any]]], parts: int, min_rows: int,
+                 pool: ThreadPoolExecutor) -> None:
+        self.run, self.parts, self.min_rows, self.pool = run, parts, min_rows, pool
+
+    def __call__(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any) -> list[NDArray[Any]]:
+        n = feed["features"].shape[0]
+        if n < self.min_rows:
+            return self.run(names, feed, options)
+        # Cuts on multiples of _ALIGN rows: onnxruntime's element-wise kernels treat a tensor's last few
+        # values apart from its vectorised body (HBOS's rows cut at 21 and 42 of 64 differed in the last
+        # bit), and aligned cuts leave every value where one call puts it.
+        cuts = sorted({0, n, *(min(n, round(n * i / self.parts / _ALIGN) * _ALIGN) for i in range(1, self.parts))})
+        later = [
+            self.pool.submit(self.run, names, {k: v[lo:hi] for k, v in feed.items()}, options)
+            for lo, hi in pairwise(cuts[1:])
+        ]  # cuts[1] > 0: min_rows is at least 2 * _ALIGN
+        first = self.run(names, {k: v[:cuts[1]] for k, v in feed.items()}, options)
+        rest = [f.result() for f in later]
+        return [np.concatenate([first[i], *(r[i] for r in rest)]) for i in range(len(names))]
 
 
 class _Bucket:
