@@ -66,11 +66,24 @@ Session options, measured with ``tests/perf/bench_core.py --session-grid``
   zoo graph (e.g. IForest 246k / 240k / 228k at 256); ``ENABLE_ALL`` is kept.
 * ``ORT_PARALLEL`` never helped: equal with one thread, 2-5× slower with two
   (ensemble at batch 1: 1.4k vs 6.8k).  Sequential is kept.
-* Two intra-op threads: IForest 438k vs 247k at 256, ensemble 54k vs 42k,
-  PCA 495k vs 403k, but the autoencoder 2.2M vs 3.9M, KNN 110k vs 129k and
-  ECOD equal; batch 1 gains nothing.  In the service the second core decodes
-  and produces (and runs the broker here), so ``inference.threads = 0`` means
-  one thread; raise it on machines with cores to spare for tree models.
+* Threads: every CPU session runs one intra-op thread.  ``threads`` above 1
+  cuts a batch into that many parts (on multiples of 64 rows) scored side by
+  side on one-thread sessions; onnxruntime lets go of the GIL while it runs.
+  Two intra-op threads measured slower than one for most graphs here (core
+  at 256 rows, each alone in its process, 2026-11-23: KNN 110k against 277k
+  rows/s on one thread, LOF 92k against 143k, the ensemble 31k against 63k,
+  MCD 2.7M against 5.5M): idle workers spin, and in a scorer with several
+  sessions one session's spinning worker takes the core from the next.
+  Parts gave IForest 477k against 278k at 4096 rows, KNN 316k against 236k,
+  COPOD 469k against 326k, the ensemble 132k against 91k; the hand-over to
+  the second thread costs ~0.1 ms here (waking an idle core of the VM), so
+  the cheap graphs never pay.  Which batch size pays is timed at load
+  (``parallel``), and the parts must give the bits of one call.  In the
+  service the second core decodes and produces (and runs the broker here),
+  so ``inference.threads = 0`` means one thread; at full load the service
+  with ``threads: 2`` scored as many events as with one (IForest, 41-54k
+  against 43-49k events/s, alternating runs), where two intra-op threads
+  had lost (26k against 51k).
 """
 
 from __future__ import annotations
