@@ -472,9 +472,13 @@ class Scorer:
         for rows in (_PARALLEL_SIZES[:1] if always else _PARALLEL_SIZES):
             X = (med + rng.normal(0.0, 1.0, (rows, self._width)) * np.maximum(np.abs(med), 1.0)).astype(np.float32)
             feed = {"features": X}
-            whole = main(outputs, feed, None)
             parts = _Parts(main, self._threads, rows, pool)
-            cut = parts(outputs, feed, None)
+            try:
+                whole, cut = main(outputs, feed, None), parts(outputs, feed, None)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
+                log.warning("model %s: %d probe rows failed (%s); batches are not cut",
+                            self.ref, rows, " ".join(str(exc).split()))
+                return 0
             if not all(np.array_equal(a, b, equal_nan=a.dtype.kind == "f") for a, b in zip(whole, cut)):
                 log.info("model %s: %d rows in %d parts differ from one call; batches are not cut",
                          self.ref, rows, self._threads)
