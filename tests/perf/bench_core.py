@@ -9,7 +9,8 @@ For each detector of :data:`models.zoo.ALGORITHMS` and one ensemble
   that subsample: both search the same reference set), with its
   BLAS/OpenMP/torch thread pools held at one
   thread like the core (and, in a second table at batch 256, at its default
-  threads against the core at two) (PyOD's ECOD and COPOD re-fit their ECDFs on train + batch
+  threads against the core at two, each in its own process: see
+  :func:`_two_threads`) (PyOD's ECOD and COPOD re-fit their ECDFs on train + batch
   at every call, which is part of their cost; the ensemble's PyOD row calls
   three PyOD models one after the other);
 * a bare ``onnxruntime.InferenceSession.run`` on the exported graph (CPU,
@@ -63,7 +64,8 @@ ENSEMBLE = ("iforest", "ecod", "knn")
 PYOD_TARGET = 5.0  # core vs PyOD at batch 256
 BARE_TARGET = 0.8  # core vs bare session, every batch
 _ROUNDS = 10  # alternating slices per cell (see _time_interleaved)
-_TWO_ROUNDS = 3  # alternating child processes per engine for the two-thread table (see _two_threads)
+_TWO_ROUNDS = 5  # turns per engine and model in the two-thread table (see _two_threads)
+_TWO_GAP_S = 0.15  # pause before each turn: the other process's idle workers stop spinning
 
 Cell = tuple[float, float, float]  # rows/s, p50 ms, p99 ms
 
@@ -253,49 +255,83 @@ def _paired_ratio(rounds: dict[str, list[float]], a: str, b: str) -> float:
 
 
 def _two_threads(root: Path, names: list[str], budget_s: float) -> dict[str, tuple[float, float, float]]:
-    """PyOD at its default threads and the core at two intra-op threads, batch 256, each alone in a child process.
+    """PyOD at its default threads and the core at two threads, batch 256, each engine in its own process.
 
     Both engines then have thread pools of two, and in one process they
     disturb each other: idle workers spin for a while after a call (OpenBLAS
     ~0.1 s, libgomp and onnxruntime briefly) and take the cores from the
     next engine's slice.  Timed in alternating slices of one process, PyOD's
     LOF measured 12.8k rows/s against 54-56k alone, and the core's LOF at two
-    threads 55k against 91k (2026-11-23).  So each engine runs in its own
-    process, ``_TWO_ROUNDS`` times in alternation.  Returns, per model, the
-    median rows/s of PyOD and of the core and the median of the ratios of
-    neighbouring runs.
+    intra-op threads 55k against 91k (2026-11-23).  So each engine lives in
+    its own child process (:func:`_two_threads_child`), and per model the
+    two take ``_TWO_ROUNDS`` turns of ``2 * budget_s / _TWO_ROUNDS`` each,
+    with a pause of ``_TWO_GAP_S`` before every turn for the other's spinning
+    workers to stop.  A slow spell of the machine thus falls on both alike,
+    as in :func:`_time_interleaved`.  Returns, per model, the median rows/s of
+    PyOD and of the core and the median of the ratios within a round.  Both
+    run below the one-thread table's rows/s: each turn follows ~0.5 s of
+    idleness, after which the 2-core VM runs slower for a while (the core's
+    HBOS: 6.0M rows/s in back-to-back turns, 3.6M after a 0.5 s pause).
     """
-    rates: dict[str, dict[str, list[float]]] = {name: {"PyOD": [], "core": []} for name in names}
-    for _ in range(_TWO_ROUNDS):
-        for engine in ("PyOD", "core"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--artifacts", str(root), "--only", ",".join(names),
-                 "--seconds", str(budget_s), "--two-threads-child", engine],
-                check=True, capture_output=True, text=True,
-            ).stdout
-            for line in out.splitlines():
-                if line.startswith("rate "):
-                    _, name, rate = line.split()
-                    rates[name][engine].append(float(rate))
-    return {
-        name: (float(np.median(r["PyOD"])), float(np.median(r["core"])),
-               float(np.median(np.array(r["core"]) / np.array(r["PyOD"]))))
-        for name, r in rates.items() if len(r["PyOD"]) == len(r["core"]) == _TWO_ROUNDS
-    }
+    turn = 2 * budget_s / _TWO_ROUNDS
+    cmd = [sys.executable, __file__, "--artifacts", str(root), "--only", ",".join(names), "--two-threads-child"]
+    procs = {engine: subprocess.Popen([*cmd, engine], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for engine in ("PyOD", "core")}
+    try:
+        ready = {engine: set(_reply(p).split()) for engine, p in procs.items()}
+        out: dict[str, tuple[float, float, float]] = {}
+        for name in names:
+            if name not in ready["PyOD"] or name not in ready["core"]:
+                continue
+            rates: dict[str, list[float]] = {"PyOD": [], "core": []}
+            for _ in range(_TWO_ROUNDS):
+                for engine, p in procs.items():
+                    time.sleep(_TWO_GAP_S)
+                    assert p.stdin is not None
+                    p.stdin.write(f"{name} {turn}\n")
+                    p.stdin.flush()
+                    rates[engine].append(float(_reply(p)))
+            out[name] = (float(np.median(rates["PyOD"])), float(np.median(rates["core"])),
+                         float(np.median(np.array(rates["core"]) / np.array(rates["PyOD"]))))
+        return out
+    finally:
+        for p in procs.values():
+            if p.stdin is not None:
+                p.stdin.close()
+            p.wait()
+
+
+def _reply(p: subprocess.Popen[str]) -> str:
+    """The next protocol line (``@@ ...``) of a :func:`_two_threads_child`, skipping anything else it prints."""
+    assert p.stdout is not None
+    for line in p.stdout:
+        if line.startswith("@@ "):
+            return line[3:].strip()
+    raise RuntimeError(f"two-thread child exited with {p.wait()}")
 
 
 def _two_threads_child(
-    engine: str, models: dict[str, tuple[Artifact, float]], X_train: np.ndarray, X: np.ndarray, budget_s: float
+    engine: str, models: dict[str, tuple[Artifact, float]], X_train: np.ndarray, X: np.ndarray
 ) -> None:
-    """One side of :func:`_two_threads`: prints ``rate NAME ROWS_PER_S`` per model."""
+    """One engine of :func:`_two_threads`: fits or loads every model, then times ``NAME SECONDS`` lines from stdin.
+
+    Answers ``@@ NAME...`` (the models it can time) once ready, then
+    ``@@ ROWS_PER_S`` per request, after untimed calls for half the time
+    (pools awake, caches warm).
+    """
+    fns: dict[str, Callable[[np.ndarray], Any]] = {}
     for name, (art, _) in models.items():
         fn = _pyod(name, X_train, art.card.detector) if engine == "PyOD" else Scorer(art, providers="cpu", threads=2).score
-        if fn is None:
-            continue
+        if fn is not None:
+            fns[name] = fn
+    print("@@ " + " ".join(fns), flush=True)
+    for line in sys.stdin:
+        name, seconds = line.split()
+        fn, budget = fns[name], float(seconds)
         warm = time.perf_counter()
-        while time.perf_counter() - warm < budget_s / 2:  # pools awake and caches warm before timing
+        while time.perf_counter() - warm < budget / 2:
             fn(X[:256])
-        print(f"rate {name} {_time(fn, X, 256, budget_s)[0]:.1f}", flush=True)
+        print(f"@@ {_time(fn, X, 256, budget)[0]:.1f}", flush=True)
 
 
 def _river(X_train: np.ndarray, X: np.ndarray, budget_s: float) -> dict[int, Cell] | None:
@@ -365,7 +401,7 @@ def main() -> None:
         _session_grid(models, X, args.seconds)
         return
     if args.two_threads_child is not None:
-        _two_threads_child(args.two_threads_child, models, X_train, X, args.seconds)
+        _two_threads_child(args.two_threads_child, models, X_train, X)
         return
     results: dict[tuple[str, str], dict[int, Cell]] = {}
     round_rates: dict[str, dict[int, dict[str, list[float]]]] = {}
@@ -441,8 +477,8 @@ def main() -> None:
             f"{n} {results[(n, 'core')][256][0] / hst[256][0]:.0f}×" for n in wanted))
     if not args.no_pyod and two:
         print(f"\nbatch 256 with both cores: PyOD at its default threads (BLAS/OpenMP/torch: {os.cpu_count()}) "
-              f"against the core at inference.threads = 2, each engine alone in its own process ({_TWO_ROUNDS} "
-              "alternating processes per engine; rows/s and core / PyOD are medians over them)\n")
+              f"against the core at inference.threads = 2, each engine in its own process, {_TWO_ROUNDS} alternating "
+              "turns per model; rows/s and core / PyOD (within a round) are medians over them\n")
         print("| model | PyOD rows/s | core rows/s | core / PyOD |")
         print("|---|---|---|---|")
         for name, (pyod_rate, core_rate, ratio) in two.items():
