@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["StepGrid", "count_below"]
+__all__ = ["StepGrid", "count_below", "value_by_count"]
 
 _INT32 = 6  # onnx TensorProto.INT32
 # Flat cell numbers are float32 before the cast: below 2**24 every integer is exact.
@@ -223,6 +223,21 @@ def _one_per_cell(col: NDArray[np.floating], cells: NDArray[np.int64]) -> bool:
     """Whether the distinct values of sorted ``col`` lie in strictly increasing cells."""
     distinct = np.unique(col)
     return bool(np.all(np.diff(cells[np.searchsorted(col, distinct)]) > 0))
+
+
+def value_by_count(
+    node: Callable[..., str], init: Callable[[str, NDArray[Any]], str], z: str, thresholds: NDArray[np.floating],
+    values: NDArray[Any], name: str,
+) -> str:
+    """Nodes reading ``values[(thresholds[:, j] < z).sum(), j]`` per cell of ``z`` [N, M] (``values`` [K + 1, M]).
+
+    Through a :class:`StepGrid` where one fits, else with :func:`count_below`.
+    """
+    grid = StepGrid.fit(thresholds)
+    if grid is None:  # thresholds too unevenly spaced for a grid: compare with each
+        idx = count_below(node, init, z, thresholds)
+        return node("GatherElements", [init(name, values), idx], axis=0, name_hint=name)
+    return grid.lookup(node, init, z, np.take_along_axis(values, grid.count_table(), axis=0), name)
 
 
 def count_below(

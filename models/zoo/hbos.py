@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from models.detector import Detector, FloatRange, IntRange, ParamSpec
 from models.onnx_graph import GraphBuilder, row_shares
-from models.step_grid import StepGrid, count_below
+from models.step_grid import value_by_count
 
 __all__ = ["HBOS"]
 
@@ -54,7 +54,7 @@ class HBOS(Detector):
     shares ``1 / D``.
 
     The ONNX export counts, per feature, the limits below the value (the
-    ``tol`` limits and the edges) with a :class:`StepGrid`: one scaling to a
+    ``tol`` limits and the edges) with a :class:`~models.step_grid.StepGrid`: one scaling to a
     uniform grid, one lookup of the grid cell's limit and an exact comparison,
     so it equals ``np.digitize`` on every float32 value.  One ``GatherElements``
     then reads each feature's excess from a table of the grid's cells (one
@@ -185,15 +185,7 @@ class HBOS(Detector):
         # epsilon so every row has a positive total (all-densest rows get 1 / D each).
         excess = (slot_scores - self.best_score_).astype(np.float32)
         excess[excess < _EXCESS_FLOOR] = _EXCESS_FLOOR
-        grid = StepGrid.fit(thresholds)
-        if grid is None:  # thresholds too unevenly spaced for a grid: compare with each
-            idx = count_below(g.node, g.initializer, x, thresholds)
-            terms = g.node(
-                "GatherElements", [g.initializer("hbos_excess", excess), idx], axis=0, name_hint="hbos_excess"
-            )
-        else:
-            table = np.take_along_axis(excess, grid.count_table(), axis=0)
-            terms = grid.lookup(g.node, g.initializer, x, table, "hbos_excess")
+        terms = value_by_count(g.node, g.initializer, x, thresholds, excess, "hbos_excess")
         total = g.node("ReduceSum", [terms, g.initializer("axes1", np.array([1], dtype=np.int64))], keepdims=0)
         best = np.array(self.best_score_.sum(), dtype=np.float32)
         score = g.node("Add", [total, g.initializer("hbos_best_total", best)], name_hint="hbos_score")

@@ -12,7 +12,7 @@ from sklearn.utils import check_random_state
 
 from models.detector import Detector, IntRange, ParamSpec
 from models.onnx_graph import GraphBuilder, row_shares, rowwise_matmul
-from models.step_grid import StepGrid, count_below
+from models.step_grid import value_by_count
 
 __all__ = ["LODA"]
 
@@ -52,7 +52,7 @@ class LODA(Detector):
     unless a position lies within a proven rounding margin of a bin limit;
     then (an ``If``) the batch is projected exactly as natively, each product
     by a ``MatMul`` with one weight per column and the products added in
-    feature order, and the bins found exactly by a :class:`~models.zoo.hbos.StepGrid`.
+    feature order, and the bins found exactly by a :class:`~models.step_grid.StepGrid`.
     So the bins, hence the scores, never depend on the batch.  ``-log h`` is
     then read with one ``GatherElements``; the contributions use two float32
     ``MatMul`` and ``LpNormalization``.
@@ -247,13 +247,7 @@ class LODA(Detector):
             term = node("MatMul", [xd, name], name_hint="slot_product")
             projected = term if s == 0 else node("Add", [projected, term], name_hint="projected")
         thresholds = self.limits_.T.copy()  # [n_bins - 1, C]
-        grid = StepGrid.fit(thresholds)
-        if grid is None:
-            idx = count_below(node, g.initializer, projected, thresholds)
-            exact = node("GatherElements", [g.initializer("exact_neg_log", neg_log), idx], axis=0, name_hint="terms")
-        else:
-            table = np.take_along_axis(neg_log, grid.count_table(), axis=0)
-            exact = grid.lookup(node, g.initializer, projected, table, "exact_neg_log")
+        exact = value_by_count(node, g.initializer, projected, thresholds, neg_log, "exact_neg_log")
         exact_graph = onnx.helper.make_graph(
             nodes, f"{prefix}exact", [], [onnx.helper.make_tensor_value_info(exact, _FLOAT, None)]
         )

@@ -12,7 +12,7 @@ from models.export import check_parity, onnx_scores
 from models.onnx_graph import GraphBuilder
 from models.pipeline import Pipeline
 from models.preprocessing import Preprocessor
-from models.step_grid import StepGrid
+from models.step_grid import StepGrid, value_by_count
 from models.zoo.hbos import HBOS
 
 
@@ -155,6 +155,23 @@ def _assert_counts(grid: StepGrid, thresholds: np.ndarray, rng: np.random.Genera
 def test_step_grid_declines_crowded_limits() -> None:
     thresholds = np.array([[0.0], [1e-6], [1.0]], dtype=np.float32)
     assert StepGrid.fit(thresholds) is None
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_value_by_count_reads_the_value_of_each_cells_count_with_or_without_a_grid(crowded: bool) -> None:
+    thresholds = np.array([[0.0, -2.0], [0.5, 0.0], [1.0, 3.0]], dtype=np.float32)
+    if crowded:  # no grid of bounded size: one comparison per threshold
+        thresholds[1, 0] = np.float32(1e-6)
+    assert (StepGrid.fit(thresholds) is None) == crowded
+    values = np.arange(8, dtype=np.float32).reshape(4, 2) * np.float32(10.0) + np.array([0, 1], dtype=np.float32)
+    z = np.concatenate([thresholds, np.nextafter(thresholds, np.float32(np.inf)),
+                        np.array([[-np.inf, np.inf], [np.inf, -np.inf], [0.25, 1.5]], dtype=np.float32)])
+    g = GraphBuilder()
+    got_name = value_by_count(g.node, g.initializer, "features", thresholds, values, "values")
+    model = g.build("features", 2, {"contributions": got_name}).SerializeToString()
+    (got,) = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(["contributions"], {"features": z})
+    counts = (thresholds[None] < z[:, None]).sum(axis=1)
+    np.testing.assert_array_equal(got, np.take_along_axis(values, counts, axis=0))
 
 
 @pytest.mark.parametrize("scaler", ["standard", "robust"])
