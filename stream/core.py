@@ -213,8 +213,8 @@ class Scorer:
         ``auto`` cuts from the smallest of 128, 256, 1,024 and 4,096 rows at
         which the parts timed at most 80% of one call at load, and not at
         all where none did.  Either way the parts must give the very bits of
-        one call (checked at load on rows drawn around the training medians)
-        or the batch is not cut.
+        one call (checked at load on rows drawn around the training medians,
+        for each call on the features alone) or the batch is not cut.
     """
 
     def __init__(
@@ -459,33 +459,38 @@ class Scorer:
         """The smallest batch cut into parts (0: none), choosing per ``parallel`` and wrapping the run calls.
 
         Every call the score path makes (score alone, whole graph, graph
-        without imputation, alerting rows' contributions) is wrapped alike.
+        without imputation, alerting rows' contributions) is wrapped alike;
+        each call on the features alone must give the bits of one call in
+        parts, and the call a complete batch makes is the one timed.
         """
         calls = {"_run_c": self._run_c, "_score_c": self._score_c, "_complete_c": self._complete_c,
                  "_top_c": self._top_c}
+        score_outputs = self._score_outputs if self._score_c is not None else _OUTPUTS
+        checked = [(c, o) for c, o in ((self._complete_c, score_outputs), (self._score_c, self._score_outputs),
+                                       (self._run_c, _OUTPUTS)) if c is not None]
         pool = _workers(self._threads - 1)
         rng = np.random.default_rng(0)
-        med = np.array([self.card.medians.get(f, 0.0) for f in self.features], dtype=np.float64)
-        main = self._complete_c or self._score_c or self._run_c
-        outputs = self._score_outputs if self._score_c is not None else _OUTPUTS
+        med = self._probe()[0].astype(np.float64)
         chosen = 0
         for rows in (_PARALLEL_SIZES[:1] if always else _PARALLEL_SIZES):
             X = (med + rng.normal(0.0, 1.0, (rows, self._width)) * np.maximum(np.abs(med), 1.0)).astype(np.float32)
             feed = {"features": X}
-            parts = _Parts(main, self._threads, rows, pool)
-            try:
-                whole, cut = main(outputs, feed, None), parts(outputs, feed, None)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
-                log.warning("model %s: %d probe rows failed (%s); batches are not cut",
-                            self.ref, rows, " ".join(str(exc).split()))
-                return 0
-            if not all(np.array_equal(a, b, equal_nan=a.dtype.kind == "f") for a, b in zip(whole, cut)):
-                log.info("model %s: %d rows in %d parts differ from one call; batches are not cut",
-                         self.ref, rows, self._threads)
-                return 0
+            for call, outputs in checked:
+                try:
+                    whole, cut = call(outputs, feed, None), _Parts(call, self._threads, rows, pool)(outputs, feed, None)
+                except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped pybind errors
+                    log.warning("model %s: %d probe rows failed (%s); batches are not cut",
+                                self.ref, rows, " ".join(str(exc).split()))
+                    return 0
+                if not all(np.array_equal(a, b, equal_nan=a.dtype.kind == "f") for a, b in zip(whole, cut)):
+                    log.info("model %s: %d rows in %d parts differ from one call; batches are not cut",
+                             self.ref, rows, self._threads)
+                    return 0
             if always:
                 chosen = rows
                 break
+            main, outputs = checked[0]
+            parts = _Parts(main, self._threads, rows, pool)
             t_whole, t_parts = self._race(partial(main, outputs, feed, None), partial(parts, outputs, feed, None))
             log.info("model %s: %d rows in one call %.0f µs, in %d parts %.0f µs",
                      self.ref, rows, t_whole * 1e6, self._threads, t_parts * 1e6)
@@ -493,9 +498,9 @@ class Scorer:
                 chosen = rows
                 break
         if chosen:
-            for attr, call in calls.items():
-                if call is not None:
-                    setattr(self, attr, _Parts(call, self._threads, chosen, pool))
+            for attr, wrapped in calls.items():
+                if wrapped is not None:
+                    setattr(self, attr, _Parts(wrapped, self._threads, chosen, pool))
         log.info("model %s: batches of %s rows are scored in %d parts", self.ref,
                  f"at least {chosen}" if chosen else "no number of", self._threads)
         return chosen
