@@ -442,14 +442,15 @@ def test_batches_cut_into_parts_score_bit_for_bit_like_one_call(algorithm: str, 
     complete[::37, 3] = 0.0
     ways = ["all", "alerting"] + (["handover"] if contribution_handover(model) else [])
     for contributions in ways:
-        one = Scorer(art, providers="cpu", contributions=contributions, imputation="skip")  # type: ignore[arg-type]
+        one = Scorer(art, providers="cpu", contributions=contributions, imputation="skip",  # type: ignore[arg-type]
+                     pieces="never")
         assert one.parallel_rows == 0
         # Matrix products may round a row differently in batches of other sizes: such graphs are not cut.
         halves = np.concatenate([one.score(complete[:64]).raw, one.score(complete[64:128]).raw])
         cuttable = np.array_equal(one.score(complete[:128]).raw, halves)
         for threads in (2, 3):
             cut = Scorer(art, providers="cpu", threads=threads, contributions=contributions,  # type: ignore[arg-type]
-                         imputation="skip", parallel="always")
+                         imputation="skip", parallel="always", pieces="never")
             assert cut.parallel_rows == (128 if cuttable else 0), f"{algorithm}: cuttable={cuttable}"
             for data in (X, complete):
                 for n in (1, 127, 128, 129, 200, 400):
@@ -459,6 +460,51 @@ def test_batches_cut_into_parts_score_bit_for_bit_like_one_call(algorithm: str, 
                         np.testing.assert_array_equal(getattr(a, field), getattr(b, field),
                                                       err_msg=f"{contributions}, {threads} threads, {field} at {n}")
     assert one.score(X).anomaly.sum() >= 30
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_batches_in_pieces_score_bit_for_bit_like_one_call(algorithm: str, tmp_path: Path) -> None:
+    """Large batches scored as consecutive pieces of 128 rows, alone and within parts, equal one call."""
+    from stream.serving_graph import contribution_handover
+
+    art, model = _zoo_graph(tmp_path, algorithm)
+    gen = SyntheticStream(n_features=6, seed=19)
+    X, _ = gen.sample(2100, anomaly_rate=0.05)
+    X[::11, 1] = gen.mean[1] + 20 * gen.scale[1]
+    X[::37, 3] = np.nan
+    complete = X.copy()
+    complete[::37, 3] = 0.0
+    ways = ["all", "alerting"] + (["handover"] if contribution_handover(model) else [])
+    for contributions in ways:
+        one = Scorer(art, providers="cpu", contributions=contributions, imputation="skip",  # type: ignore[arg-type]
+                     pieces="never")
+        assert one.piece_rows == 0
+        pieces = [one.score(complete[i:i + 128]).raw for i in range(0, 1024, 128)]
+        cuttable = np.array_equal(one.score(complete[:1024]).raw, np.concatenate(pieces))
+        cut = Scorer(art, providers="cpu", contributions=contributions, imputation="skip",  # type: ignore[arg-type]
+                     pieces="always")
+        both = Scorer(art, providers="cpu", threads=2, contributions=contributions,  # type: ignore[arg-type]
+                      imputation="skip", pieces="always", parallel="always")
+        assert cut.piece_rows == both.piece_rows == (1024 if cuttable else 0), f"{algorithm}: cuttable={cuttable}"
+        for data in (X, complete):
+            for n in (1, 1023, 1024, 1025, 1100, 2100):
+                a = one.score(data[:n])
+                for scorer, how in ((cut, "pieces"), (both, "parts in pieces")):
+                    b = scorer.score(data[:n])
+                    for field in ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features",
+                                  "top_shares"):
+                        np.testing.assert_array_equal(getattr(a, field), getattr(b, field),
+                                                      err_msg=f"{contributions}, {how}, {field} at {n}")
+    assert one.score(X).anomaly.sum() >= 150
+
+
+def test_pieces_never_and_auto_choices(tmp_path: Path) -> None:
+    art = _zoo_artifact(tmp_path, "lof")
+    assert Scorer(art, providers="cpu", pieces="never").piece_rows == 0  # type: ignore[arg-type]
+    auto = Scorer(art, providers="cpu")  # type: ignore[arg-type]
+    assert auto.piece_rows in (0, 1024)
+    X, _ = SyntheticStream(n_features=6, seed=4).sample(5000, anomaly_rate=0.01)
+    np.testing.assert_array_equal(auto.score(X).raw, Scorer(art, providers="cpu", pieces="never").score(X).raw)
 
 
 def test_parallel_never_and_auto_choices(tmp_path: Path) -> None:
