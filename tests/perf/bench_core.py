@@ -419,6 +419,8 @@ def main() -> None:
         if core.contributions_on_demand:
             how = f"from the score call's {', '.join(core.handed_over)}" if core.handed_over else "recomputed"
             print(f"  {name}: core asks for scores alone, contributions for alerting rows only ({how})", flush=True)
+        if core.piece_rows:
+            print(f"  {name}: core scores batches of {core.piece_rows:,} rows or more in pieces of 128", flush=True)
         engines.append(("core", core.score))
         if has_cuda:
             cuda = ort.InferenceSession(str(art.model_path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])

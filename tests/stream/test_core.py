@@ -485,9 +485,9 @@ def test_batches_in_pieces_score_bit_for_bit_like_one_call(algorithm: str, tmp_p
                      pieces="always")
         both = Scorer(art, providers="cpu", threads=2, contributions=contributions,  # type: ignore[arg-type]
                       imputation="skip", pieces="always", parallel="always")
-        assert cut.piece_rows == both.piece_rows == (1024 if cuttable else 0), f"{algorithm}: cuttable={cuttable}"
+        assert cut.piece_rows == both.piece_rows == (512 if cuttable else 0), f"{algorithm}: cuttable={cuttable}"
         for data in (X, complete):
-            for n in (1, 1023, 1024, 1025, 1100, 2100):
+            for n in (1, 511, 512, 513, 1025, 1100, 2100):
                 a = one.score(data[:n])
                 for scorer, how in ((cut, "pieces"), (both, "parts in pieces")):
                     b = scorer.score(data[:n])
@@ -502,7 +502,7 @@ def test_pieces_never_and_auto_choices(tmp_path: Path) -> None:
     art = _zoo_artifact(tmp_path, "lof")
     assert Scorer(art, providers="cpu", pieces="never").piece_rows == 0  # type: ignore[arg-type]
     auto = Scorer(art, providers="cpu")  # type: ignore[arg-type]
-    assert auto.piece_rows in (0, 1024)
+    assert auto.piece_rows in (0, 512)
     X, _ = SyntheticStream(n_features=6, seed=4).sample(5000, anomaly_rate=0.01)
     np.testing.assert_array_equal(auto.score(X).raw, Scorer(art, providers="cpu", pieces="never").score(X).raw)
 
