@@ -359,6 +359,8 @@ class Scorer:
         self._parallel_rows = 0
         if self._binding is None and self._threads > 1 and parallel != "never":
             self._parallel_rows = self._parallel_from(always=parallel == "always")
+        if self._binding is None:
+            self._shrink_arenas()
         warm = np.zeros((1, len(self.features)), dtype=np.float32)
         for _ in range(3 if self._cuda_graphs else 1):  # CUDA graphs are captured after a first plain run
             self.score(warm)
@@ -477,6 +479,20 @@ class Scorer:
                  "handing over %s %.0f µs: %s", self.ref, _SPLIT_PROBE_ROWS, t_full * 1e6, _SPLIT_ALERTING_ROWS,
                  t_split * 1e6, relay[3] if relay is not None else "nothing", t_relay * 1e6, way)
         return way
+
+    def _shrink_arenas(self) -> None:
+        """Hand back what the load-time checks and timings grew the sessions' memory arenas to.
+
+        onnxruntime keeps the largest intermediate tensors a session has
+        held; timed on 1,024 rows, OCSVM's kept ~100 MiB.  One row through
+        each call on the features alone, with the arena shrinking after the
+        run, frees what that row does not use.
+        """
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        feed = {"features": self._probe()[:1]}
+        for call, outputs in self._calls_on_features():
+            call(outputs, feed, options)
 
     def _run_calls(self) -> dict[str, Callable[..., list[NDArray[Any]]]]:
         """The run calls the score path makes (score alone, whole graph, without imputation, alerting rows)."""
