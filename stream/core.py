@@ -227,13 +227,14 @@ class Scorer:
         for each call on the features alone) or the batch is not cut.
     pieces : {"auto", "always", "never"}
         On the CPU, a batch (or each of its parts) of at least
-        :attr:`piece_rows` rows is scored as consecutive calls on pieces of
-        128 rows, whose intermediate tensors stay in the core's cache (the
-        neighbour detectors' distances to 5,000 reference rows are 20 KB a
-        row): ``always`` and ``auto`` from 512 rows, ``auto`` only where the
-        pieces of 1,024 rows timed at most 95% of one call at load,
-        ``never`` in one call.  As for parts, the pieces must give the very
-        bits of one call.
+        :attr:`piece_rows` (512) rows is scored as consecutive calls on
+        pieces of 128 rows, whose intermediate tensors stay in the core's
+        cache (the neighbour detectors' distances to 5,000 reference rows
+        are 20 KB a row): ``always`` does so, ``never`` scores one call,
+        ``auto`` times the first 16 such batches of each call, taking turns,
+        and keeps the pieces where they took at most 95% of one call's time
+        per row (:attr:`pieces_kept`).  As for parts, the pieces must give
+        the very bits of one call (checked at load) or batches are not cut.
     """
 
     def __init__(
@@ -388,7 +389,7 @@ class Scorer:
         session = self._cpu_session(model, what)
         return getattr(session, "_sess", session)
 
-    def _race(self, *trials: Callable[[], object], rounds: int = 0) -> list[float]:
+    def _race(self, *trials: Callable[[], object]) -> list[float]:
         """Seconds per call of each trial: the best of interleaved rounds (load-time decisions).
 
         The trials take turns, each called once untimed (a fresh session
@@ -399,7 +400,7 @@ class Scorer:
         """
         best = [float("inf")] * len(trials)
         try:
-            for _ in range(rounds or _RACE_ROUNDS):
+            for _ in range(_RACE_ROUNDS):
                 for i, trial in enumerate(trials):
                     trial()
                     t0 = perf_counter()
@@ -538,62 +539,61 @@ class Scorer:
                 return False
         return True
 
-    def _cut_from(self, sizes: tuple[int, ...], cut: Callable[[int], Callable[[Callable[..., Any]], Any]],
-                  gain: float, what: str, *, always: bool, rounds: int = 0) -> int:
-        """The first of ``sizes`` at which cutting pays (0: none), the run calls then wrapped by ``cut(size)``.
+    def _pieces_from(self, *, always: bool) -> int:
+        """Wrap the run calls to score batches of 512 rows or more in pieces (0 where pieces differ)."""
+        what = f"in pieces of {_PIECE_ROWS}"
+        if not self._cut_is_one_call(partial(_Pieces, rows=_PIECE_ROWS, min_rows=_PIECE_FROM),
+                                     self._rows_around_medians(_PIECE_CHECK_ROWS), what):
+            return 0
+        trials = 0 if always else _PIECE_TRIALS
+        for attr, call in self._run_calls().items():
+            setattr(self, attr, _Pieces(call, _PIECE_ROWS, _PIECE_FROM, trials=trials, ref=self.ref))
+        log.info("model %s: batches of %d rows or more are scored %s%s", self.ref, _PIECE_FROM, what,
+                 f" where the first {2 * trials} such batches of each call find them faster" if trials else "")
+        return _PIECE_FROM
 
-        ``cut(rows)`` wraps a run call so that it cuts batches from the size
-        at which cutting paid.  Each call on the features alone must give the
-        bits of one call when cut; the call a complete batch makes first is
-        the one timed, and the cut pays where it takes at most ``gain`` of
-        one call.
+    def _parallel_from(self, *, always: bool) -> int:
+        """The smallest batch cut into parts side by side (0: none), choosing per ``parallel``.
+
+        Each call on the features alone must give the bits of one call in
+        parts; the call a complete batch makes first is the one timed.
         """
+        pool = _workers(self._threads - 1)
+        what = f"in {self._threads} parts"
         chosen = 0
-        for rows in sizes[:1] if always else sizes:
+        for rows in _PARALLEL_SIZES[:1] if always else _PARALLEL_SIZES:
             X = self._rows_around_medians(rows)
-            if not self._cut_is_one_call(cut(rows), X, what):
+            if not self._cut_is_one_call(partial(_Parts, parts=self._threads, min_rows=rows, pool=pool), X, what):
                 return 0
             if always:
                 chosen = rows
                 break
             main, outputs = self._calls_on_features()[0]
             feed = {"features": X}
-            t_whole, t_cut = self._race(partial(main, outputs, feed, None),
-                                        partial(cut(rows)(main), outputs, feed, None), rounds=rounds)
+            parts = _Parts(main, self._threads, rows, pool)
+            t_whole, t_parts = self._race(partial(main, outputs, feed, None), partial(parts, outputs, feed, None))
             log.info("model %s: %d rows in one call %.0f µs, %s %.0f µs", self.ref, rows, t_whole * 1e6, what,
-                     t_cut * 1e6)
-            if t_cut <= gain * t_whole:
+                     t_parts * 1e6)
+            if t_parts <= _PARALLEL_GAIN * t_whole:
                 chosen = rows
                 break
         if chosen:
             for attr, call in self._run_calls().items():
-                setattr(self, attr, cut(chosen)(call))
+                setattr(self, attr, _Parts(call, self._threads, chosen, pool))
+        log.info("model %s: batches of %s rows are scored %s", self.ref,
+                 f"{chosen} or more" if chosen else "no number of", what)
         return chosen
-
-    def _pieces_from(self, *, always: bool) -> int:
-        """The smallest batch scored in consecutive pieces (0: none), choosing per ``pieces``."""
-        cut = partial(_Pieces, rows=_PIECE_ROWS, min_rows=_PIECE_FROM)
-        paid = self._cut_from(_PIECE_SIZES, lambda _rows: cut, _PIECE_GAIN, f"in pieces of {_PIECE_ROWS}",
-                              always=always, rounds=_PIECE_ROUNDS)
-        rows = _PIECE_FROM if paid else 0
-        log.info("model %s: batches of %s rows are scored in pieces of %d", self.ref,
-                 f"{rows} or more" if rows else "no number of", _PIECE_ROWS)
-        return rows
-
-    def _parallel_from(self, *, always: bool) -> int:
-        """The smallest batch cut into parts side by side (0: none), choosing per ``parallel``."""
-        pool = _workers(self._threads - 1)
-        rows = self._cut_from(_PARALLEL_SIZES, lambda rows: partial(_Parts, parts=self._threads, min_rows=rows,
-                                                                    pool=pool),
-                              _PARALLEL_GAIN, f"in {self._threads} parts", always=always)
-        log.info("model %s: batches of %s rows are scored in %d parts", self.ref,
-                 f"{rows} or more" if rows else "no number of", self._threads)
-        return rows
 
     @property
     def piece_rows(self) -> int:
-        """Batches (or parts) of at least this many rows are scored in consecutive pieces (0: never)."""
+        """Batches (or parts) of at least this many rows are scored in pieces, or tried in them (0: never)."""
         return self._piece_rows
+
+    @property
+    def pieces_kept(self) -> bool | None:
+        """Whether a complete batch's call keeps pieces (None: still trying both ways, or no pieces)."""
+        main = self._calls_on_features()[0][0]
+        return main.kept if isinstance(main, _Pieces) else None
 
     @property
     def parallel_rows(self) -> int:
@@ -844,18 +844,20 @@ _NO_ROWS.flags.writeable = False
 _PARALLEL_SIZES = (128, 256, 1024, 4096)  # each at least 2 * _ALIGN
 _PARALLEL_GAIN = 0.8
 _ALIGN = 64
-# Consecutive pieces: the batch size at which they are timed at load, the size from which batches are then
-# cut, the pieces' rows and the share of one call they must beat.  Pieces of 128 rows, 2026-11-23, one
-# thread, held-out rows: score-only graphs per 256 / 1,024 / 4,096 rows against one call, KNN 0.97 / 0.84
-# / 0.80, LOF 0.93 / 0.86 / 0.78, OCSVM - / 0.83 / 0.82; graphs without a large intermediate tensor lose
-# (HBOS 1.70 and PCA 1.96 at 4,096, LODA 1.26, the ensemble 1.10).  Scorer.score at 256 / 512 rows,
-# alternating: KNN 1.06 / 0.85, LOF 1.01 / 0.95, OCSVM 0.97 / 0.86.  The load's probe rows are not the
-# served rows, and at 256 and 512 rows the race is within its noise there: timed on 1,024, cut from 512.
-_PIECE_SIZES = (1024,)
+# Consecutive pieces: the batch size from which batches are cut, the pieces' rows, the rows of the load-time
+# check, how many batches of each way the served batches are timed on, and the share of one call's time per
+# row the pieces must beat.  Pieces of 128 rows, 2026-11-23, one thread, held-out rows: score-only graphs
+# per 256 / 1,024 / 4,096 rows against one call, KNN 0.97 / 0.84 / 0.80, LOF 0.93 / 0.86 / 0.78, OCSVM
+# - / 0.83 / 0.82; graphs without a large intermediate tensor lose (HBOS 1.70 and PCA 1.96 at 4,096, LODA
+# 1.26, the ensemble 1.10).  Scorer.score at 256 / 512 rows, alternating: KNN 1.06 / 0.85, LOF 1.01 / 0.95,
+# OCSVM 0.97 / 0.86.  Timed at load on rows around the medians the ensemble's choice flipped between loads
+# (pieces lose 12-19% on its served rows), and KNN ran faster there than on served rows: the served
+# batches decide.
 _PIECE_FROM = 512  # at least 2 * _PIECE_ROWS
 _PIECE_ROWS = 128  # a multiple of _ALIGN
+_PIECE_CHECK_ROWS = 1024
+_PIECE_TRIALS = 8
 _PIECE_GAIN = 0.95
-_PIECE_ROUNDS = 3
 _FAR_OUT = 30.0  # load-time probe rows: the far rows' distance from the medians, in the probe's scale
 
 
@@ -901,18 +903,46 @@ class _Pieces:
 
     Every input is cut along its rows and every output joined along its
     rows; the cuts fall on multiples of ``rows`` (see :class:`_Parts` on
-    aligned cuts).
+    aligned cuts).  With ``trials``, the first batches of ``min_rows`` rows
+    or more take turns between pieces and one call, timed per row, and
+    after ``trials`` of each the pieces are kept where their median took at
+    most ``_PIECE_GAIN`` of one call's (logged); once kept, one run lets the
+    session's arena shrink back from what the one-call trials grew it to.
+    Both ways give the same bits, so the served results do not depend on
+    the turn a batch falls on.
     """
 
-    __slots__ = ("min_rows", "rows", "run")
+    __slots__ = ("kept", "min_rows", "ref", "rows", "run", "times", "trials")
 
-    def __init__(self, run: Callable[..., list[NDArray[Any]]], rows: int, min_rows: int) -> None:
-        self.run, self.rows, self.min_rows = run, rows, min_rows
+    def __init__(self, run: Callable[..., list[NDArray[Any]]], rows: int, min_rows: int, *, trials: int = 0,
+                 ref: str = "") -> None:
+        self.run, self.rows, self.min_rows, self.trials, self.ref = run, rows, min_rows, trials, ref
+        self.kept: bool | None = None if trials else True  # None: on trial
+        self.times: tuple[list[float], list[float]] = ([], [])  # seconds per row: one call, pieces
 
     def __call__(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any) -> list[NDArray[Any]]:
         n = feed["features"].shape[0]
-        if n < self.min_rows:
+        if n < self.min_rows or self.kept is False:
             return self.run(names, feed, options)
+        if self.kept:
+            return self._pieces(names, feed, options, n)
+        one, cut = self.times
+        pieces = len(cut) < len(one)  # turns, one call first
+        t0 = perf_counter()
+        out = self._pieces(names, feed, options, n) if pieces else self.run(names, feed, options)
+        (cut if pieces else one).append((perf_counter() - t0) / n)
+        if len(cut) >= self.trials and self.kept is None:
+            t_one, t_cut = float(np.median(one)), float(np.median(cut))
+            self.kept = t_cut <= _PIECE_GAIN * t_one
+            log.info("model %s: per row of batches of %d rows or more, one call %.2f µs, pieces of %d %.2f µs: "
+                     "pieces kept=%s", self.ref, self.min_rows, t_one * 1e6, self.rows, t_cut * 1e6, self.kept)
+            if self.kept:
+                shrink = ort.RunOptions()
+                shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+                self.run(names, {k: v[:1] for k, v in feed.items()}, shrink)
+        return out
+
+    def _pieces(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any, n: int) -> list[NDArray[Any]]:
         run, step = self.run, self.rows
         outs = [run(names, {k: v[lo:lo + step] for k, v in feed.items()}, options) for lo in range(0, n, step)]
         return [np.concatenate([o[i] for o in outs]) for i in range(len(names))]

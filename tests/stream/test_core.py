@@ -498,13 +498,25 @@ def test_batches_in_pieces_score_bit_for_bit_like_one_call(algorithm: str, tmp_p
     assert one.score(X).anomaly.sum() >= 150
 
 
-def test_pieces_never_and_auto_choices(tmp_path: Path) -> None:
+def test_pieces_never_always_and_auto_choices(tmp_path: Path) -> None:
+    """``auto`` takes turns between the ways on the first large batches, then keeps one; every turn scores alike."""
     art = _zoo_artifact(tmp_path, "lof")
-    assert Scorer(art, providers="cpu", pieces="never").piece_rows == 0  # type: ignore[arg-type]
+    never = Scorer(art, providers="cpu", pieces="never")  # type: ignore[arg-type]
+    assert never.piece_rows == 0 and never.pieces_kept is None
+    assert Scorer(art, providers="cpu", pieces="always").pieces_kept is True  # type: ignore[arg-type]
     auto = Scorer(art, providers="cpu")  # type: ignore[arg-type]
-    assert auto.piece_rows in (0, 512)
-    X, _ = SyntheticStream(n_features=6, seed=4).sample(5000, anomaly_rate=0.01)
-    np.testing.assert_array_equal(auto.score(X).raw, Scorer(art, providers="cpu", pieces="never").score(X).raw)
+    assert auto.piece_rows == 512 and auto.pieces_kept is None
+    X, _ = SyntheticStream(n_features=6, seed=4).sample(20 * 600, anomaly_rate=0.02)
+    auto.score(X[:511])
+    assert auto.pieces_kept is None  # batches below 512 rows are not timed
+    for i in range(20):
+        batch = X[i * 600:(i + 1) * 600]
+        got, want = auto.score(batch), never.score(batch)
+        for field in ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=f"batch {i}, {field}")
+        if i < 15:
+            assert auto.pieces_kept is None, f"decided after {i + 1} batches"
+    assert isinstance(auto.pieces_kept, bool)
 
 
 def test_parallel_never_and_auto_choices(tmp_path: Path) -> None:
