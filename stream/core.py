@@ -84,16 +84,18 @@ Session options, measured with ``tests/perf/bench_core.py --session-grid``
   with ``threads: 2`` scored as many events as with one (IForest, 41-54k
   against 43-49k events/s, alternating runs), where two intra-op threads
   had lost (26k against 51k).
-* Pieces: a batch (or part) of 512 rows or more is scored as consecutive
-  calls on 128-row pieces where that timed at most 95% of one call on
-  1,024 rows at load (``pieces``).  The neighbour and kernel graphs hold a
-  row's distances to the 5,000 reference rows (20 KB a row), which for a
-  whole batch overflow the core's 1 MB L2 cache; in pieces they stay in
-  it.  ``Scorer.score`` in pieces against one call, alternating, held-out
-  rows, 2026-11-23, at 512 / 1,024 / 4,096 rows: KNN 0.85 / 0.90 / 0.86,
-  LOF 0.95 / 0.90 / 0.84, OCSVM 0.86 / 0.83 / 0.80; at 256 rows 1.06, 1.01
-  and 0.97.  Graphs without a large intermediate tensor lose and are not
-  cut (HBOS's pieces took 1.7 times one call).
+* Pieces: a batch (or part) of 512 rows or more may be scored as
+  consecutive calls on 128-row pieces (``pieces``).  The neighbour and
+  kernel graphs hold a row's distances to the 5,000 reference rows (20 KB
+  a row), which for a whole batch overflow the core's 1 MB L2 cache; in
+  pieces they stay in it.  ``Scorer.score`` in pieces against one call,
+  alternating, held-out rows, 2026-11-23, at 512 / 1,024 / 4,096 rows: KNN
+  0.85 / 0.90 / 0.86, LOF 0.95 / 0.90 / 0.84, OCSVM 0.86 / 0.83 / 0.80; at
+  256 rows 1.06, 1.01 and 0.97; the ensemble holding KNN 1.12 / 1.12 /
+  1.19, HBOS's pieces 1.7 times one call.  Timed at load on rows drawn
+  around the medians, the ensemble's choice flipped from load to load, so
+  the first large batches served decide: each way takes 8 of them, in
+  turns.
 """
 
 from __future__ import annotations
