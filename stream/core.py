@@ -491,9 +491,7 @@ class Scorer:
         each call on the features alone, with the arena shrinking after the
         run, frees what that row does not use.
         """
-        options = ort.RunOptions()
-        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        feed = {"features": self._probe()[:1]}
+        options, feed = _shrinking(), {"features": self._probe()[:1]}
         for call, outputs in self._calls_on_features():
             call(outputs, feed, options)
 
@@ -900,6 +898,13 @@ class _Parts:
         return [np.concatenate([first[i], *(r[i] for r in rest)]) for i in range(len(names))]
 
 
+def _shrinking() -> ort.RunOptions:
+    """Run options that shrink the CPU arena back to what the run used."""
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 class _Pieces:
     """A session's C ``run``, scoring batches of ``min_rows`` rows or more as consecutive pieces of ``rows`` rows.
 
@@ -939,9 +944,7 @@ class _Pieces:
             log.info("model %s: per row of batches of %d rows or more, one call %.2f µs, pieces of %d %.2f µs: "
                      "pieces kept=%s", self.ref, self.min_rows, t_one * 1e6, self.rows, t_cut * 1e6, self.kept)
             if self.kept:
-                shrink = ort.RunOptions()
-                shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-                self.run(names, {k: v[:1] for k, v in feed.items()}, shrink)
+                self.run(names, {k: v[:1] for k, v in feed.items()}, _shrinking())
         return out
 
     def _pieces(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any, n: int) -> list[NDArray[Any]]:
