@@ -357,6 +357,7 @@ class Scorer:
                     if imputation == "skip" or self._complete_pays(run):
                         self._complete_c = run
         self._piece_rows = 0
+        self._pieces_kept: dict[str, bool | None] = {}  # per run call (attribute): pieces kept, None on trial
         if self._binding is None and pieces != "never":
             self._piece_rows = self._pieces_from(always=pieces == "always")
         self._parallel_rows = 0
@@ -547,10 +548,23 @@ class Scorer:
             return 0
         trials = 0 if always else _PIECE_TRIALS
         for attr, call in self._run_calls().items():
-            setattr(self, attr, _Pieces(call, _PIECE_ROWS, _PIECE_FROM, trials=trials, ref=self.ref))
+            self._pieces_kept[attr] = None if trials else True
+            setattr(self, attr, _Pieces(call, _PIECE_ROWS, _PIECE_FROM, trials=trials, ref=self.ref,
+                                        decided=partial(self._pieces_decided, attr)))
         log.info("model %s: batches of %d rows or more are scored %s%s", self.ref, _PIECE_FROM, what,
                  f" where the first {2 * trials} such batches of each call find them faster" if trials else "")
         return _PIECE_FROM
+
+    def _pieces_decided(self, attr: str, pieces: _Pieces, kept: bool) -> None:
+        """Record a run call's choice; one call kept, its wrapper leaves the path (~0.25 µs a call)."""
+        self._pieces_kept[attr] = kept
+        if kept:
+            return
+        held = getattr(self, attr)
+        if held is pieces:
+            setattr(self, attr, pieces.run)
+        elif isinstance(held, _Parts) and held.run is pieces:
+            held.run = pieces.run
 
     def _parallel_from(self, *, always: bool) -> int:
         """The smallest batch cut into parts side by side (0: none), choosing per ``parallel``.
@@ -592,8 +606,8 @@ class Scorer:
     @property
     def pieces_kept(self) -> bool | None:
         """Whether a complete batch's call keeps pieces (None: still trying both ways, or no pieces)."""
-        main = self._calls_on_features()[0][0]
-        return main.kept if isinstance(main, _Pieces) else None
+        main = next(a for a in ("_complete_c", "_score_c", "_run_c") if getattr(self, a) is not None)
+        return self._pieces_kept.get(main)
 
     @property
     def parallel_rows(self) -> int:
@@ -913,17 +927,19 @@ class _Pieces:
     aligned cuts).  With ``trials``, the first batches of ``min_rows`` rows
     or more take turns between pieces and one call, timed per row, and
     after ``trials`` of each the pieces are kept where their median took at
-    most ``_PIECE_GAIN`` of one call's (logged); once kept, one run lets the
-    session's arena shrink back from what the one-call trials grew it to.
+    most ``_PIECE_GAIN`` of one call's (logged; ``decided`` is told); once
+    kept, one run lets the session's arena shrink back from what the
+    one-call trials grew it to.
     Both ways give the same bits, so the served results do not depend on
     the turn a batch falls on.
     """
 
-    __slots__ = ("kept", "min_rows", "ref", "rows", "run", "times", "trials")
+    __slots__ = ("decided", "kept", "min_rows", "ref", "rows", "run", "times", "trials")
 
     def __init__(self, run: Callable[..., list[NDArray[Any]]], rows: int, min_rows: int, *, trials: int = 0,
-                 ref: str = "") -> None:
+                 ref: str = "", decided: Callable[[_Pieces, bool], None] | None = None) -> None:
         self.run, self.rows, self.min_rows, self.trials, self.ref = run, rows, min_rows, trials, ref
+        self.decided = decided
         self.kept: bool | None = None if trials else True  # None: on trial
         self.times: tuple[list[float], list[float]] = ([], [])  # seconds per row: one call, pieces
 
@@ -945,6 +961,8 @@ class _Pieces:
                      "pieces kept=%s", self.ref, self.min_rows, t_one * 1e6, self.rows, t_cut * 1e6, self.kept)
             if self.kept:
                 self.run(names, {k: v[:1] for k, v in feed.items()}, _shrinking())
+            if self.decided is not None:
+                self.decided(self, self.kept)
         return out
 
     def _pieces(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any, n: int) -> list[NDArray[Any]]:
