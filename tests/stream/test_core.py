@@ -428,59 +428,64 @@ def test_calibration_is_numpys_interp_at_every_batch_size(scorer: Scorer, rows: 
     np.testing.assert_array_equal(scorer.calibrate(raw), want)
 
 
-@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
-def test_batches_cut_into_parts_score_bit_for_bit_like_one_call(algorithm: str, tmp_path: Path) -> None:
-    """``threads`` above 1 on the CPU: parts scored side by side, joined, equal one call in every field."""
+_FIELDS = ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares")
+
+
+def _assert_same_scores(a: object, b: object, what: str) -> None:
+    for field in _FIELDS:
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{what}, {field}")
+
+
+def _rows_to_cut(root: Path, algorithm: str, *, seed: int, rows: int) -> tuple[object, np.ndarray, np.ndarray, list[str]]:
+    """A zoo artifact, rows with far values and NaN, the same rows completed, and the contributions ways to try."""
     from stream.serving_graph import contribution_handover
 
-    art, model = _zoo_graph(tmp_path, algorithm)
-    gen = SyntheticStream(n_features=6, seed=9)
-    X, _ = gen.sample(400, anomaly_rate=0.05)
+    art, model = _zoo_graph(root, algorithm)
+    gen = SyntheticStream(n_features=6, seed=seed)
+    X, _ = gen.sample(rows, anomaly_rate=0.05)
     X[::11, 1] = gen.mean[1] + 20 * gen.scale[1]
     X[::37, 3] = np.nan
     complete = X.copy()
     complete[::37, 3] = 0.0
-    ways = ["all", "alerting"] + (["handover"] if contribution_handover(model) else [])
+    return art, X, complete, ["all", "alerting"] + (["handover"] if contribution_handover(model) else [])
+
+
+def _one_call(art: object, contributions: str, X: np.ndarray, step: int) -> tuple[Scorer, bool]:
+    """A scorer that never cuts, and whether ``X`` scored ``step`` rows at a time gives its one call's scores.
+
+    Matrix products may round a row differently in batches of other sizes:
+    such graphs are not cut.
+    """
+    one = Scorer(art, providers="cpu", contributions=contributions, imputation="skip",  # type: ignore[arg-type]
+                 pieces="never")
+    assert one.parallel_rows == one.piece_rows == 0
+    steps = np.concatenate([one.score(X[i:i + step]).raw for i in range(0, X.shape[0], step)])
+    return one, np.array_equal(one.score(X).raw, steps)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_batches_cut_into_parts_score_bit_for_bit_like_one_call(algorithm: str, tmp_path: Path) -> None:
+    """``threads`` above 1 on the CPU: parts scored side by side, joined, equal one call in every field."""
+    art, X, complete, ways = _rows_to_cut(tmp_path, algorithm, seed=9, rows=400)
     for contributions in ways:
-        one = Scorer(art, providers="cpu", contributions=contributions, imputation="skip",  # type: ignore[arg-type]
-                     pieces="never")
-        assert one.parallel_rows == 0
-        # Matrix products may round a row differently in batches of other sizes: such graphs are not cut.
-        halves = np.concatenate([one.score(complete[:64]).raw, one.score(complete[64:128]).raw])
-        cuttable = np.array_equal(one.score(complete[:128]).raw, halves)
+        one, cuttable = _one_call(art, contributions, complete[:128], 64)
         for threads in (2, 3):
             cut = Scorer(art, providers="cpu", threads=threads, contributions=contributions,  # type: ignore[arg-type]
                          imputation="skip", parallel="always", pieces="never")
             assert cut.parallel_rows == (128 if cuttable else 0), f"{algorithm}: cuttable={cuttable}"
             for data in (X, complete):
                 for n in (1, 127, 128, 129, 200, 400):
-                    a, b = one.score(data[:n]), cut.score(data[:n])
-                    for field in ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features",
-                                  "top_shares"):
-                        np.testing.assert_array_equal(getattr(a, field), getattr(b, field),
-                                                      err_msg=f"{contributions}, {threads} threads, {field} at {n}")
+                    _assert_same_scores(one.score(data[:n]), cut.score(data[:n]),
+                                        f"{contributions}, {threads} threads at {n}")
     assert one.score(X).anomaly.sum() >= 30
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_batches_in_pieces_score_bit_for_bit_like_one_call(algorithm: str, tmp_path: Path) -> None:
     """Large batches scored as consecutive pieces of 128 rows, alone and within parts, equal one call."""
-    from stream.serving_graph import contribution_handover
-
-    art, model = _zoo_graph(tmp_path, algorithm)
-    gen = SyntheticStream(n_features=6, seed=19)
-    X, _ = gen.sample(2100, anomaly_rate=0.05)
-    X[::11, 1] = gen.mean[1] + 20 * gen.scale[1]
-    X[::37, 3] = np.nan
-    complete = X.copy()
-    complete[::37, 3] = 0.0
-    ways = ["all", "alerting"] + (["handover"] if contribution_handover(model) else [])
+    art, X, complete, ways = _rows_to_cut(tmp_path, algorithm, seed=19, rows=2100)
     for contributions in ways:
-        one = Scorer(art, providers="cpu", contributions=contributions, imputation="skip",  # type: ignore[arg-type]
-                     pieces="never")
-        assert one.piece_rows == 0
-        pieces = [one.score(complete[i:i + 128]).raw for i in range(0, 1024, 128)]
-        cuttable = np.array_equal(one.score(complete[:1024]).raw, np.concatenate(pieces))
+        one, cuttable = _one_call(art, contributions, complete[:1024], 128)
         cut = Scorer(art, providers="cpu", contributions=contributions, imputation="skip",  # type: ignore[arg-type]
                      pieces="always")
         both = Scorer(art, providers="cpu", threads=2, contributions=contributions,  # type: ignore[arg-type]
@@ -489,12 +494,8 @@ def test_batches_in_pieces_score_bit_for_bit_like_one_call(algorithm: str, tmp_p
         for data in (X, complete):
             for n in (1, 511, 512, 513, 1025, 1100, 2100):
                 a = one.score(data[:n])
-                for scorer, how in ((cut, "pieces"), (both, "parts in pieces")):
-                    b = scorer.score(data[:n])
-                    for field in ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features",
-                                  "top_shares"):
-                        np.testing.assert_array_equal(getattr(a, field), getattr(b, field),
-                                                      err_msg=f"{contributions}, {how}, {field} at {n}")
+                _assert_same_scores(a, cut.score(data[:n]), f"{contributions}, pieces at {n}")
+                _assert_same_scores(a, both.score(data[:n]), f"{contributions}, parts in pieces at {n}")
     assert one.score(X).anomaly.sum() >= 150
 
 
@@ -511,9 +512,7 @@ def test_pieces_never_always_and_auto_choices(tmp_path: Path) -> None:
     assert auto.pieces_kept is None  # batches below 512 rows are not timed
     for i in range(20):
         batch = X[i * 600:(i + 1) * 600]
-        got, want = auto.score(batch), never.score(batch)
-        for field in ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares"):
-            np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=f"batch {i}, {field}")
+        _assert_same_scores(auto.score(batch), never.score(batch), f"batch {i}")
         if i < 15:
             assert auto.pieces_kept is None, f"decided after {i + 1} batches"
     assert isinstance(auto.pieces_kept, bool)
