@@ -450,6 +450,13 @@ def _rows_to_cut(root: Path, algorithm: str, *, seed: int, rows: int) -> tuple[o
     return art, X, complete, ["all", "alerting"] + (["handover"] if contribution_handover(model) else [])
 
 
+def _all_alerting(X: np.ndarray) -> np.ndarray:
+    """``X`` with every row moved out on two features: batches whose rows nearly all alert."""
+    far = X.copy()
+    far[:, 1:3] += 6 * np.nanstd(X[:, 1:3], axis=0)
+    return far
+
+
 def _one_call(art: object, contributions: str, X: np.ndarray, step: int) -> tuple[Scorer, bool]:
     """A scorer that never cuts, and whether ``X`` scored ``step`` rows at a time gives its one call's scores.
 
@@ -473,11 +480,11 @@ def test_batches_cut_into_parts_score_bit_for_bit_like_one_call(algorithm: str, 
             cut = Scorer(art, providers="cpu", threads=threads, contributions=contributions,  # type: ignore[arg-type]
                          imputation="skip", parallel="always", pieces="never")
             assert cut.parallel_rows == (128 if cuttable else 0), f"{algorithm}: cuttable={cuttable}"
-            for data in (X, complete):
+            for data in (X, complete, _all_alerting(X)):
                 for n in (1, 127, 128, 129, 200, 400):
                     _assert_same_scores(one.score(data[:n]), cut.score(data[:n]),
                                         f"{contributions}, {threads} threads at {n}")
-    assert one.score(X).anomaly.sum() >= 30
+    assert one.score(X).anomaly.sum() >= 30 and one.score(_all_alerting(X)).anomaly.mean() > 0.9
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
@@ -491,12 +498,12 @@ def test_batches_in_pieces_score_bit_for_bit_like_one_call(algorithm: str, tmp_p
         both = Scorer(art, providers="cpu", threads=2, contributions=contributions,  # type: ignore[arg-type]
                       imputation="skip", pieces="always", parallel="always")
         assert cut.piece_rows == both.piece_rows == (512 if cuttable else 0), f"{algorithm}: cuttable={cuttable}"
-        for data in (X, complete):
+        for data in (X, complete, _all_alerting(X)):
             for n in (1, 511, 512, 513, 1025, 1100, 2100):
                 a = one.score(data[:n])
                 _assert_same_scores(a, cut.score(data[:n]), f"{contributions}, pieces at {n}")
                 _assert_same_scores(a, both.score(data[:n]), f"{contributions}, parts in pieces at {n}")
-    assert one.score(X).anomaly.sum() >= 150
+    assert one.score(X).anomaly.sum() >= 150 and one.score(_all_alerting(X)).anomaly.mean() > 0.9
 
 
 def test_pieces_never_always_and_auto_choices(tmp_path: Path) -> None:
