@@ -205,9 +205,11 @@ class Scorer:
         the hand-over where the graph has one; ``auto`` times the ways once
         at load and splits where the score alone on 256 rows plus the
         contributions of 4 rows cost at most 95% of the whole graph on 256
-        rows.  Results are the same every way (rows score independently of
-        their batch, and handed-over tensors are the very values the second
-        call would compute).  On CUDA the whole graph always runs.
+        rows.  Scores, decisions and top features are the same every way
+        (rows score independently of their batch, and handed-over tensors
+        are the very values the second call would compute); the top shares
+        agree to float32 rounding (they are normalised over batches of
+        other sizes).  On CUDA the whole graph always runs.
     imputation : {"auto", "always", "skip"}
         On the CPU, a batch of at least 8 rows without NaN (its minimum is
         not NaN) can run the graph without its imputation nodes
