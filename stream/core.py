@@ -360,6 +360,7 @@ class Scorer:
                         self._complete_c = run
         self._piece_rows = 0
         self._pieces_kept: dict[str, bool | None] = {}  # per run call (attribute): pieces kept, None on trial
+        self._piece_trials: list[tuple[str, _Pieces]] = []  # wrappers whose turns start once loaded
         if self._binding is None and pieces != "never":
             self._piece_rows = self._pieces_from(always=pieces == "always")
         self._parallel_rows = 0
@@ -375,6 +376,9 @@ class Scorer:
                 block = np.zeros((size, self._width), dtype=np.float32)
                 for _ in range(3):
                     self._run(block)
+        for attr, wrapper in self._piece_trials:  # the served batches decide, not the load's probe rows
+            self._pieces_kept[attr] = None
+            wrapper.take_turns(_PIECE_TRIALS)
         log.info(
             "model %s loaded from %s on %s%s", self.ref, artifact.path, self.provider,
             " with CUDA graphs" if self._cuda_graphs else "",
@@ -550,9 +554,13 @@ class Scorer:
             return 0
         trials = 0 if always else _PIECE_TRIALS
         for attr, call in self._run_calls().items():
-            self._pieces_kept[attr] = None if trials else True
-            setattr(self, attr, _Pieces(call, _PIECE_ROWS, _PIECE_FROM, trials=trials, ref=self.ref,
-                                        decided=partial(self._pieces_decided, attr)))
+            # Pieces while the model loads (the parts' checks and timings run on them); the served
+            # batches take turns from the end of the load (see ``__init__``).
+            wrapper = _Pieces(call, _PIECE_ROWS, _PIECE_FROM, ref=self.ref, decided=partial(self._pieces_decided, attr))
+            setattr(self, attr, wrapper)
+            self._pieces_kept[attr] = True
+            if trials:
+                self._piece_trials.append((attr, wrapper))
         log.info("model %s: batches of %d rows or more are scored %s%s", self.ref, _PIECE_FROM, what,
                  f" where the first {2 * trials} such batches of each call find them faster" if trials else "")
         return _PIECE_FROM
@@ -926,24 +934,27 @@ class _Pieces:
 
     Every input is cut along its rows and every output joined along its
     rows; the cuts fall on multiples of ``rows`` (see :class:`_Parts` on
-    aligned cuts).  With ``trials``, the first batches of ``min_rows`` rows
-    or more take turns between pieces and one call, timed per row, and
-    after ``trials`` of each the pieces are kept where their median took at
-    most ``_PIECE_GAIN`` of one call's (logged; ``decided`` is told); once
-    kept, one run lets the session's arena shrink back from what the
-    one-call trials grew it to.
-    Both ways give the same bits, so the served results do not depend on
-    the turn a batch falls on.
+    aligned cuts).  After :meth:`take_turns`, the next batches of
+    ``min_rows`` rows or more take turns between pieces and one call, timed
+    per row, and after ``trials`` of each the pieces are kept where their
+    median took at most ``_PIECE_GAIN`` of one call's (logged; ``decided``
+    is told); once kept, one run lets the session's arena shrink back from
+    what the one-call turns grew it to.  Both ways give the same bits, so
+    the served results do not depend on the turn a batch falls on.
     """
 
     __slots__ = ("decided", "kept", "min_rows", "ref", "rows", "run", "times", "trials")
 
-    def __init__(self, run: Callable[..., list[NDArray[Any]]], rows: int, min_rows: int, *, trials: int = 0,
-                 ref: str = "", decided: Callable[[_Pieces, bool], None] | None = None) -> None:
-        self.run, self.rows, self.min_rows, self.trials, self.ref = run, rows, min_rows, trials, ref
-        self.decided = decided
-        self.kept: bool | None = None if trials else True  # None: on trial
+    def __init__(self, run: Callable[..., list[NDArray[Any]]], rows: int, min_rows: int, *, ref: str = "",
+                 decided: Callable[[_Pieces, bool], None] | None = None) -> None:
+        self.run, self.rows, self.min_rows, self.ref, self.decided = run, rows, min_rows, ref, decided
+        self.trials = 0
+        self.kept: bool | None = True  # None: taking turns
         self.times: tuple[list[float], list[float]] = ([], [])  # seconds per row: one call, pieces
+
+    def take_turns(self, trials: int) -> None:
+        """Time the next ``trials`` batches of each way, in turns, then keep the faster."""
+        self.trials, self.kept, self.times = trials, None, ([], [])
 
     def __call__(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any) -> list[NDArray[Any]]:
         n = feed["features"].shape[0]

@@ -526,6 +526,17 @@ def test_pieces_never_always_and_auto_choices(tmp_path: Path) -> None:
     assert isinstance(auto.pieces_kept, bool)
 
 
+def test_pieces_are_chosen_on_served_batches_not_on_the_loads_timings(tmp_path: Path) -> None:
+    """With two threads the load times parts on up to 4,096 probe rows; the pieces' turns start after it."""
+    art = _zoo_artifact(tmp_path, "hbos")  # a cheap graph: parts rarely pay, so the load times large batches
+    two = Scorer(art, providers="cpu", threads=2)  # type: ignore[arg-type]
+    assert two.piece_rows == 512 and two.pieces_kept is None
+    X, _ = SyntheticStream(n_features=6, seed=6).sample(16 * 1100, anomaly_rate=0.02)
+    for i in range(16):
+        two.score(X[i * 1100:(i + 1) * 1100])
+    assert isinstance(two.pieces_kept, bool)
+
+
 def test_parallel_never_and_auto_choices(tmp_path: Path) -> None:
     art = _zoo_artifact(tmp_path, "lof")
     assert Scorer(art, providers="cpu", threads=2, parallel="never").parallel_rows == 0  # type: ignore[arg-type]
