@@ -508,11 +508,15 @@ class Scorer:
                  "_top_c": self._top_c}
         return {attr: call for attr, call in calls.items() if call is not None}
 
+    def _feature_calls(self) -> list[tuple[str, list[str]]]:
+        """(attribute, outputs) of each run call on the features alone, the one a complete batch makes first."""
+        score_outputs = self._score_outputs if self._score_c is not None else _OUTPUTS
+        named = (("_complete_c", score_outputs), ("_score_c", self._score_outputs), ("_run_c", _OUTPUTS))
+        return [(attr, outputs) for attr, outputs in named if getattr(self, attr) is not None]
+
     def _calls_on_features(self) -> list[tuple[Callable[..., list[NDArray[Any]]], list[str]]]:
         """(call, outputs) of each call on the features alone, the one a complete batch makes first."""
-        score_outputs = self._score_outputs if self._score_c is not None else _OUTPUTS
-        return [(c, o) for c, o in ((self._complete_c, score_outputs), (self._score_c, self._score_outputs),
-                                    (self._run_c, _OUTPUTS)) if c is not None]
+        return [(getattr(self, attr), outputs) for attr, outputs in self._feature_calls()]
 
     def _rows_around_medians(self, rows: int) -> NDArray[np.float32]:
         """``rows`` rows drawn around the training medians (seeded), for load-time checks and timings.
@@ -616,8 +620,7 @@ class Scorer:
     @property
     def pieces_kept(self) -> bool | None:
         """Whether a complete batch's call keeps pieces (None: still trying both ways, or no pieces)."""
-        main = next(a for a in ("_complete_c", "_score_c", "_run_c") if getattr(self, a) is not None)
-        return self._pieces_kept.get(main)
+        return self._pieces_kept.get(self._feature_calls()[0][0])
 
     @property
     def parallel_rows(self) -> int:

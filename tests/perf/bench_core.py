@@ -269,7 +269,7 @@ def _two_threads(root: Path, names: list[str], budget_s: float) -> dict[str, tup
     workers to stop.  A slow spell of the machine thus falls on both alike,
     as in :func:`_time_interleaved`.  Returns, per model, the median rows/s of
     PyOD and of the core and the median of the ratios within a round.  Both
-    run below the one-thread table's rows/s: each turn follows ~0.5 s of
+    may run below the one-thread table's rows/s: each turn follows ~0.5 s of
     idleness, after which the 2-core VM runs slower for a while (the core's
     HBOS: 6.0M rows/s in back-to-back turns, 3.6M after a 0.5 s pause).
     """
