@@ -89,7 +89,7 @@ class FaustRunner:
     def __init__(
         self, *, bootstrap: str, input_topics: Sequence[str], output_topic: str, alerts_topic: str,
         dlq_topic: str, group_id: str, model: LiveModel, alert_filter: AlertFilter, metrics: Metrics,
-        max_batch: int = 512, max_latency_ms: float = 20.0, partitions: int = 4,
+        max_batch: int = 512, max_latency_ms: float = 20.0, compression: str = "none", partitions: int = 4,
         on_records: RecordSink | None = None, on_scored: ScoredHook | None = None,
         on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
@@ -102,7 +102,8 @@ class FaustRunner:
         self.publisher = _Publisher(
             bootstrap=bootstrap, input_topics=input_topics, output_topic=output_topic, alerts_topic=alerts_topic,
             dlq_topic=dlq_topic, group_id=group_id, model=model, alert_filter=alert_filter, metrics=metrics,
-            max_batch=max_batch, max_latency_ms=max_latency_ms, on_records=on_records, on_scored=on_scored,
+            max_batch=max_batch, max_latency_ms=max_latency_ms, compression=compression, on_records=on_records,
+            on_scored=on_scored,
             on_alerts=on_alerts,
         )
         self.events = 0

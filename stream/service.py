@@ -203,6 +203,7 @@ class Service:
                     "model": self.live, "metrics": self.metrics,
                     "alert_filter": AlertFilter(min_severity=s.alerts.min_severity, cooldown_s=s.alerts.cooldown_s),
                     "max_batch": s.batching.max_batch, "max_latency_ms": s.batching.max_latency_ms,
+                    "compression": k.compression,
                     "on_records": self.hub.publish if self.web is not None else None,
                     "on_scored": self._on_scored if self.drift is not None else None,
                     "on_alerts": sinks.submit if sinks else None,

@@ -68,6 +68,7 @@ class KafkaSettings(_Section):
     control_topic: str = "anomstream.control"
     group_id: str = "anomstream"
     partitions: int = Field(4, ge=1)
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
 
     @field_validator("input_topics")
     @classmethod

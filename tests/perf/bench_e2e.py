@@ -55,6 +55,9 @@ LOAD_BATCH_BYTES = 1 << 18
 SERVICE_ROWS = {"aiokafka": "anomstream serve (decode, ONNX score, produce)",
                 "faust": "anomstream serve, kafka.backend faust"}
 LINGER_S = 0.005
+SAMPLE_RECORDS = 4096  # score records kept from the collector for the codec table
+_SAMPLE: list[bytes] = []
+CODEC_BATCH = 512  # records per batch in the codec table (batching.max_batch's default)
 
 
 def _payloads(n: int, seed: int, base: int = 0) -> list[bytes]:
@@ -69,12 +72,12 @@ def _payloads(n: int, seed: int, base: int = 0) -> list[bytes]:
 
 
 def _producer_main(bootstrap: str, topic: str, n: int, base: int, rate: float | None, ready: mp.Event, go: mp.Event,
-                   cpu: Any) -> None:
-    asyncio.run(_produce(bootstrap, topic, n, base, rate, ready, go, cpu))
+                   cpu: Any, codec: str) -> None:
+    asyncio.run(_produce(bootstrap, topic, n, base, rate, ready, go, cpu, codec))
 
 
 async def _produce(bootstrap: str, topic: str, n: int, base: int, rate: float | None, ready: mp.Event, go: mp.Event,
-                   cpu: Any) -> None:
+                   cpu: Any, codec: str = "none") -> None:
     """Send ``n`` events, each stamped with its send time, in record batches built here.
 
     Batches go round-robin over the topic's partitions and are sent when full
@@ -84,12 +87,13 @@ async def _produce(bootstrap: str, topic: str, n: int, base: int, rate: float | 
     ``send`` per event (100,000 events to the embedded broker, 2026-11-22), CPU
     that the cores' other tenants (broker, service, collector) then have.
     Sets ``cpu.value`` to the CPU seconds sending took (from the go to the last
-    acknowledgement).
+    acknowledgement).  ``codec`` compresses the batches (``none``: not).
     """
     from aiokafka import AIOKafkaProducer
 
     bodies = [p.replace(b'"ts":0.0', b'"ts":%s') for p in _payloads(n, seed=1, base=base)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=LOAD_BATCH_BYTES, acks=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=LOAD_BATCH_BYTES, acks=1,
+                                compression_type=None if codec == "none" else codec)
     await producer.start()
     parts = sorted(await producer.partitions_for(topic))
     quiet_gc()  # a collector pause here would delay stamped events and count as service latency
@@ -138,10 +142,12 @@ async def _produce(bootstrap: str, topic: str, n: int, base: int, rate: float | 
     await producer.stop()
 
 
-def _start_producer(bootstrap: str, topic: str, n: int, base: int, rate: float | None) -> tuple[mp.Process, mp.Event, Any]:
+def _start_producer(bootstrap: str, topic: str, n: int, base: int, rate: float | None,
+                    codec: str = "none") -> tuple[mp.Process, mp.Event, Any]:
     ctx = mp.get_context("spawn")
     ready, go, cpu = ctx.Event(), ctx.Event(), ctx.Value("d", float("nan"))
-    proc = ctx.Process(target=_producer_main, args=(bootstrap, topic, n, base, rate, ready, go, cpu), daemon=True)
+    proc = ctx.Process(target=_producer_main, args=(bootstrap, topic, n, base, rate, ready, go, cpu, codec),
+                       daemon=True)
     proc.start()
     if not ready.wait(60):
         raise RuntimeError("producer did not start")
@@ -173,6 +179,7 @@ async def _collect(bootstrap: str, topic: str, n: int, base: int, timeout_s: flo
     cpu0 = {name: _cpu_s(pid) for name, pid in watch.items()} | {"collector": time.process_time()}
     go.set()
     lat = np.full(n, np.nan)
+    sample = topic.endswith(".scores")  # the service's score records, for the codec table
     got = 0
     first = last = 0.0
     deadline = time.monotonic() + timeout_s
@@ -185,6 +192,8 @@ async def _collect(bootstrap: str, topic: str, n: int, base: int, timeout_s: flo
             for msgs in batch.values():
                 for m in msgs:
                     rec = loads(m.value)
+                    if sample and len(_SAMPLE) < SAMPLE_RECORDS:
+                        _SAMPLE.append(m.value)
                     i = rec["id"] - base
                     if 0 <= i < n and lat[i] != lat[i]:  # first arrival of an id of this run
                         lat[i] = (now - float(rec["ts"])) * 1000.0
@@ -240,11 +249,12 @@ def _rss_mib(pid: int) -> float:
 
 
 def _scenario(bootstrap: str, topic_in: str, topic_out: str, n: int, rate: float | None, watch: dict[str, int],
-              on_ready: Callable[[], object] | None = None) -> tuple[float, np.ndarray, dict[str, float]]:
+              on_ready: Callable[[], object] | None = None,
+              codec: str = "none") -> tuple[float, np.ndarray, dict[str, float]]:
     """One run: events/s, latencies (ms) and CPU seconds per process (``watch``, ``collector``, ``load``)."""
     base = _next_base[0]
     _next_base[0] += n
-    proc, go, load_cpu = _start_producer(bootstrap, topic_in, n, base, rate)
+    proc, go, load_cpu = _start_producer(bootstrap, topic_in, n, base, rate, codec)
     if on_ready is not None:
         on_ready()
     try:
@@ -268,6 +278,9 @@ def main() -> None:
     parser.add_argument("--artifact", type=Path, default=None, metavar="DIR",
                         help="serve this exported artifact (model.onnx + card.json, 32 features x0..x31, e.g. "
                              "from bench_core.py --export) instead of training an IForest here")
+    parser.add_argument("--compression", default="none", metavar="CODECS",
+                        help="kafka.compression of the service rows, comma-separated (none, gzip, snappy, lz4, "
+                             "zstd); the load generator compresses its batches with the same codec")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
                         help="record the service with py-spy (collapsed stacks) during its max-rate run")
     args = parser.parse_args()
@@ -296,7 +309,9 @@ def main() -> None:
     print(f"model: {model_name}, {N_FEATURES} features; event size ≈ {len(sample)} B; "
           f"{os.cpu_count()} CPUs; broker: embedded Tansu", flush=True)
 
-    rows: list[tuple[str, str, float, np.ndarray | None, dict[str, float]]] = []
+    codecs = args.compression.split(",")
+    tag = (lambda c: f" [{c}]") if codecs != ["none"] else (lambda c: "")
+    rows: list[tuple[str, str, str, float, np.ndarray | None, dict[str, float]]] = []
     scenarios = [("max", args.events, None) if r == "max" else (f"{int(r):,}/s", int(int(r) * args.paced_seconds), float(r))
                  for r in args.rates.split(",")]
     rss_mib: list[float] = []
@@ -304,16 +319,18 @@ def main() -> None:
         bs = broker.bootstrap
         run = uuid.uuid4().hex[:6]
         # Ceiling: produce → consume → orjson, no scoring.
-        for label, n, rate in ([] if args.no_ceiling else scenarios):
-            topic = f"ceiling-{run}-{label.replace(',', '').replace('/', '')}"
-            asyncio.run(ensure_topics(bs, {topic: 4}))
-            eps, lat, cpu = _scenario(bs, topic, topic, n, rate, watch={"broker": broker.pid or 0})
-            rows.append(("ceiling: aiokafka produce → consume → orjson", label, eps, lat, cpu))
-            print(f"  ceiling {label}: {eps:,.0f} events/s", flush=True)
+        for codec in codecs:
+            for label, n, rate in ([] if args.no_ceiling else scenarios):
+                topic = f"ceiling-{run}-{codec}-{label.replace(',', '').replace('/', '')}"
+                asyncio.run(ensure_topics(bs, {topic: 4}))
+                eps, lat, cpu = _scenario(bs, topic, topic, n, rate, watch={"broker": broker.pid or 0}, codec=codec)
+                rows.append(("ceiling: aiokafka produce → consume → orjson" + tag(codec), codec, label, eps, lat, cpu))
+                print(f"  ceiling{tag(codec)} {label}: {eps:,.0f} events/s", flush=True)
         # The service: a fresh process on fresh topics for each scenario, like the ceiling rows (the
         # embedded broker slows down as a topic grows: see the module docstring).
-        runs = [(backend, scenario) for backend in args.backends.split(",") for scenario in scenarios]
-        for i, (backend, (label, n, rate)) in enumerate(runs):
+        runs = [(backend, codec, scenario) for backend in args.backends.split(",") for codec in codecs
+                for scenario in scenarios]
+        for i, (backend, codec, (label, n, rate)) in enumerate(runs):
             prefix = f"svc-{run}-{i}"
             topics = {f"{prefix}.{t}": 4 for t in ("events", "scores", "anomalies", "dlq", "control")}
             asyncio.run(ensure_topics(bs, topics))
@@ -322,7 +339,8 @@ def main() -> None:
                 "model": {"registry": str(tmp / "models"), "name": "default"},
                 "kafka": {"bootstrap_servers": bs, "backend": backend, "input_topics": [f"{prefix}.events"],
                           "output_topic": f"{prefix}.scores", "alerts_topic": f"{prefix}.anomalies",
-                          "dlq_topic": f"{prefix}.dlq", "control_topic": f"{prefix}.control", "group_id": prefix},
+                          "dlq_topic": f"{prefix}.dlq", "control_topic": f"{prefix}.control", "group_id": prefix,
+                          "compression": codec},
                 "websocket": {"enabled": False}, "metrics": {"enabled": False},
             } | overrides))
             log_path = tmp / f"serve-{i}.log"
@@ -333,7 +351,7 @@ def main() -> None:
             try:
                 # Warm up: the service joins its group, and the drift monitor takes its reference from
                 # the first drift.warmup_events (5,000) events, outside the measured run.
-                _scenario(bs, f"{prefix}.events", f"{prefix}.scores", WARMUP_EVENTS, 5000.0, watch={})
+                _scenario(bs, f"{prefix}.events", f"{prefix}.scores", WARMUP_EVENTS, 5000.0, watch={}, codec=codec)
                 spies: list[subprocess.Popen[bytes]] = []
 
                 def spy(pid: int = svc.pid, spies: list[subprocess.Popen[bytes]] = spies) -> None:
@@ -343,23 +361,24 @@ def main() -> None:
                 profile = args.py_spy is not None and rate is None
                 eps, lat, cpu = _scenario(bs, f"{prefix}.events", f"{prefix}.scores", n, rate,
                                           watch={"service": svc.pid, "broker": broker.pid or 0},
-                                          on_ready=spy if profile else None)
+                                          on_ready=spy if profile else None, codec=codec)
                 for p in spies:
                     p.wait(60)
-                rows.append((SERVICE_ROWS[backend], label, eps, lat, cpu))
+                rows.append((SERVICE_ROWS[backend] + tag(codec), codec, label, eps, lat, cpu))
                 rss_mib.append(_rss_mib(svc.pid))
-                print(f"  anomstream ({backend}) {label}: {eps:,.0f} events/s, RSS {rss_mib[-1]:.0f} MiB", flush=True)
+                print(f"  anomstream ({backend}){tag(codec)} {label}: {eps:,.0f} events/s, RSS {rss_mib[-1]:.0f} MiB",
+                      flush=True)
             finally:
                 svc.send_signal(signal.SIGTERM)
                 svc.wait(30)
 
-    ceiling = {label: eps for name, label, eps, _, _ in rows if name.startswith("ceiling")}
+    ceiling = {(codec, label): eps for name, codec, label, eps, _, _ in rows if name.startswith("ceiling")}
     print()
     print(f"| {'pipeline':<48} | {'offered':>8} | {'events/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'vs ceiling':>10} |")
     print(f"|{'-' * 50}|{'-' * 10}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|")
-    for name, label, eps, lat, _ in rows:
+    for name, codec, label, eps, lat, _ in rows:
         p50, p99 = (np.percentile(lat, [50, 99]) if lat is not None else (np.nan, np.nan))
-        vs = f"{eps / ceiling[label]:.2f}" if label in ceiling else "n/a"
+        vs = f"{eps / ceiling[codec, label]:.2f}" if (codec, label) in ceiling else "n/a"
         print(f"| {name:<48} | {label:>8} | {eps:>9,.0f} | {p50:>7.1f} | {p99:>7.1f} | {vs:>10} |")
     if rss_mib:
         print(f"\nservice resident set (VmRSS) after each run: {', '.join(f'{r:.0f}' for r in rss_mib)} MiB; "
@@ -369,13 +388,53 @@ def main() -> None:
           "acknowledgement, the others from the go to the last record)\n")
     print(f"| {'pipeline':<10} | {'offered':>8} | {'service':>8} | {'broker':>8} | {'load':>8} | {'collector':>9} | {'total':>8} |")
     print(f"|{'-' * 12}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 10}|")
-    for name, label, eps, lat, cpu in rows:
+    for name, codec, label, eps, lat, cpu in rows:
         n_events = len(lat) if lat is not None else 0
         per = {k: v / max(n_events, 1) * 1e6 for k, v in cpu.items()}
         cells = [f"{per[k]:>8.1f}" if k in per else f"{'—':>8}" for k in ("service", "broker", "load")]
         total = float(np.nansum(list(per.values())))
-        who = "faust" if "faust" in name else name.split(":")[0].split()[0]
+        who = ("faust" if "faust" in name else name.split(":")[0].split()[0]) + tag(codec)
         print(f"| {who:<10} | {label:>8} | {' | '.join(cells)} | {per['collector']:>9.1f} | {total:>8.1f} |")
+    if codecs != ["none"]:
+        _codec_table(codecs)
+
+
+def _codec_table(codecs: list[str]) -> None:
+    """Bytes per record and encode/decode time of each codec, with aiokafka's own codec functions.
+
+    The values of ``CODEC_BATCH`` records, concatenated (a record batch's
+    payload without its per-record headers): the load generator's events and
+    score records read back from the service's output.
+    """
+    from aiokafka import codec as kc
+
+    coders = {"gzip": (kc.gzip_encode, kc.gzip_decode), "snappy": (kc.snappy_encode, kc.snappy_decode),
+              "lz4": (kc.lz4_encode, kc.lz4_decode), "zstd": (kc.zstd_encode, kc.zstd_decode)}
+    events = _payloads(CODEC_BATCH, seed=1)
+    samples = {"input events": b"".join(events), "score records": b"".join(_SAMPLE[:CODEC_BATCH])}
+    print(f"\ncodecs on batches of {CODEC_BATCH} records (aiokafka's codec functions, best of 20 calls)\n")
+    print(f"| {'records':<13} | {'codec':<6} | {'bytes/record':>12} | {'ratio':>6} | {'encode µs/record':>16} | "
+          f"{'decode µs/record':>16} |")
+    print(f"|{'-' * 15}|{'-' * 8}|{'-' * 14}|{'-' * 8}|{'-' * 18}|{'-' * 18}|")
+    for what, raw in samples.items():
+        n = CODEC_BATCH if what == "input events" else min(CODEC_BATCH, len(_SAMPLE))
+        for codec in codecs:
+            if codec == "none":
+                print(f"| {what:<13} | {codec:<6} | {len(raw) / n:>12.1f} | {1.0:>6.2f} | {'—':>16} | {'—':>16} |")
+                continue
+            enc, dec = coders[codec]
+            packed = enc(raw)
+            assert dec(packed) == raw
+            t_enc = min(_timed(enc, raw) for _ in range(20))
+            t_dec = min(_timed(dec, packed) for _ in range(20))
+            print(f"| {what:<13} | {codec:<6} | {len(packed) / n:>12.1f} | {len(raw) / len(packed):>6.2f} | "
+                  f"{t_enc / n * 1e6:>16.3f} | {t_dec / n * 1e6:>16.3f} |")
+
+
+def _timed(fn: Callable[[bytes], object], data: bytes) -> float:
+    t0 = time.perf_counter()
+    fn(data)
+    return time.perf_counter() - t0
 
 
 def _py_spy() -> str:

@@ -12,6 +12,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -38,14 +39,14 @@ def _free_port() -> int:
 
 
 def _config(tmp: Path, bootstrap: str, registry: Path, prefix: str, *, metrics_port: int,
-            backend: str = "aiokafka") -> Path:
+            backend: str = "aiokafka", compression: str = "none") -> Path:
     cfg = tmp / "service.yaml"
     cfg.write_text(json.dumps({
         "model": {"registry": str(registry), "name": "default", "reload_interval_s": 1},
         "kafka": {"bootstrap_servers": bootstrap, "backend": backend, "input_topics": [f"{prefix}.events"],
                   "output_topic": f"{prefix}.scores", "alerts_topic": f"{prefix}.anomalies",
                   "dlq_topic": f"{prefix}.dlq", "control_topic": f"{prefix}.control",
-                  "group_id": f"{prefix}.group", "partitions": 3},
+                  "group_id": f"{prefix}.group", "partitions": 3, "compression": compression},
         "batching": {"max_batch": 256, "max_latency_ms": 10},
         "websocket": {"enabled": False},
         "metrics": {"enabled": True, "port": metrics_port},
@@ -73,9 +74,10 @@ def _malformed(i: int, features: tuple[str, ...]) -> tuple[bytes, str]:
     return payload, code
 
 
-async def _produce(bootstrap: str, topic: str, payloads: list[tuple[bytes | None, bytes]]) -> list[tuple[int, int]]:
+async def _produce(bootstrap: str, topic: str, payloads: list[tuple[bytes | None, bytes]],
+                   compression: str | None = None) -> list[tuple[int, int]]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 << 20,
-                                max_batch_size=1 << 20)
+                                max_batch_size=1 << 20, compression_type=compression)
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in payloads]
@@ -249,3 +251,63 @@ def test_sigkill_mid_stream_loses_nothing(broker: str, registry: Path, tmp_path:
     print(f"\ncrash safety: {len(first)} records before SIGKILL, {sum(ids.values())} in all, "
           f"{duplicates} duplicates, {20000 - len(ids)} missing")
     assert set(ids) == set(range(20000))
+
+
+# A consumer on an install without aiokafka's codec library (cramjam): it reads uncompressed and gzip batches
+# and stops at the first batch in another codec, naming it.
+_CONSUMER_WITHOUT_CODECS = """
+import asyncio, sys
+sys.modules["cramjam"] = None
+from aiokafka import AIOKafkaConsumer
+
+async def main(bootstrap, topic):
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    read = 0
+    try:
+        while got := await consumer.getmany(timeout_ms=3000):  # to the end of the topic
+            read += sum(len(v) for v in got.values())
+        print("read", read)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+    finally:
+        await consumer.stop()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def _read_without_codecs(bootstrap: str, topic: str) -> str:
+    """The last line the consumer without codecs printed: ``read N``, or the error that stopped it."""
+    done = subprocess.run([sys.executable, "-c", _CONSUMER_WITHOUT_CODECS, bootstrap, topic], capture_output=True,
+                          text=True, timeout=60, env=subprocess_env(), check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("backend", ["aiokafka", "faust"])
+def test_input_in_every_codec_is_scored_and_output_takes_the_configured_one(
+        broker: str, registry: Path, tmp_path: Path, backend: str) -> None:
+    prefix = f"codec-{uuid.uuid4().hex[:8]}"
+    cfg = _config(tmp_path, broker, registry, prefix, metrics_port=_free_port(), backend=backend,
+                  compression="zstd")
+    gen = SyntheticStream(n_features=6, seed=5)
+    topic = f"{prefix}.events"
+    asyncio.run(ensure_topics(broker, {topic: 3}))
+    codecs = [None, "gzip", "snappy", "lz4", "zstd"]
+    for i, codec in enumerate(codecs):  # producers upstream may use any codec, each its own batches
+        asyncio.run(_produce(broker, topic, _events(200, gen, start=200 * i), compression=codec))
+    # Without the codec library the first batch in a codec it lacks stops a consumer.
+    assert _read_without_codecs(broker, topic).startswith("UnsupportedCodecError")
+
+    proc = _start(cfg, tmp_path / "serve.log")
+    try:
+        scores = asyncio.run(_consume(broker, f"{prefix}.scores", until=1000, timeout_s=120, proc=proc))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    assert rc == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    ids = Counter(orjson.loads(m.value)["id"] for m in scores)
+    assert set(ids) == set(range(1000)) and max(ids.values()) == 1
+    # The service's batches are zstd: a consumer without the codec library stops on them, naming the codec.
+    out = _read_without_codecs(broker, f"{prefix}.scores")
+    assert out.startswith("UnsupportedCodecError") and "zstd" in out, out

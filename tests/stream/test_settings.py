@@ -42,6 +42,7 @@ def test_settings_are_frozen() -> None:
         ("nosection: {}\n", {}, "nosection: unknown key"),
         ("batching: {max_batch: 0}\n", {}, "batching.max_batch"),
         ("inference: {providers: tpu}\n", {}, "inference.providers"),
+        ("kafka: {compression: brotli}\n", {}, "kafka.compression"),
         ("", {"ANOMSTREAM_METRICS__PORT": "abc"}, "ANOMSTREAM_METRICS__PORT: metrics.port"),
         ("", {"ANOMSTREAM_KAFKA__NOPE": "1"}, "ANOMSTREAM_KAFKA__NOPE: kafka.nope: unknown key"),
         ("kafka: [1, 2\n", {}, "not valid YAML"),
