@@ -23,7 +23,14 @@ Client settings, chosen by ``tests/perf/bench_e2e.py`` on the 2-core machine
 (``acks="all"``, ``linger_ms=2``, fetch wait = ``max_latency_ms``) gave 41.8k,
 20/35 ms; ``acks=1`` 39.5k, 22/42; ``linger_ms=0`` 36.2k, 19/35; a 5 ms fetch
 wait 37.0k, 22/54.  All within run-to-run noise, so the safe ``acks="all"``
-stays.  Per event, latencies go into the histogram as one bucket count per
+stays.  Batch sizes (three alternating rounds, 2026-11-23, IForest; events/s at
+the maximum rate, service CPU-µs per event): producer batches of up to 1 MiB
+36.3k, 38.0k, 37.7k at ~24.4 µs against 20.9k, 17.3k, 23.0k at 30.5–35.2 µs
+with aiokafka's default of 16 KiB (the broker's CPU per event doubled too);
+fetches of up to 4 MiB per partition against aiokafka's 1 MiB, 38.2k, 39.1k,
+41.5k: the same within the noise, and 4 MiB keeps an oversized event (over
+1 MiB, dead-lettered as ``too_large``) fetchable from brokers that return
+only what fits.  Per event, latencies go into the histogram as one bucket count per
 batch (:func:`stream.metrics.observe_many`), not one ``observe`` call each.
 
 Compression (``kafka.compression``, the codec of the batches produced; input

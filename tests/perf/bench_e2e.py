@@ -15,6 +15,11 @@ Rows of the table:
   once with each ``kafka.backend`` of ``--backends`` (the aiokafka runner, then
   the faust runner: same decoding, core, records and topics).
 
+With ``--compression`` each codec gets its rows (the load generator
+compressing its batches and the service producing with that
+``kafka.compression``) and a table of bytes per record and encode/decode
+time per codec, on the events and on score records read back.
+
 Each scenario offers events at the maximum rate, at 5,000 and at 20,000
 events/s, each on topics of its own (and, for the service, to a process of
 its own): the embedded broker keeps topics in memory and slows down as one
