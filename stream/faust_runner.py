@@ -30,7 +30,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -89,8 +89,8 @@ class FaustRunner:
     def __init__(
         self, *, bootstrap: str, input_topics: Sequence[str], output_topic: str, alerts_topic: str,
         dlq_topic: str, group_id: str, model: LiveModel, alert_filter: AlertFilter, metrics: Metrics,
-        max_batch: int = 512, max_latency_ms: float = 20.0, compression: str = "none", partitions: int = 4,
-        on_records: RecordSink | None = None, on_scored: ScoredHook | None = None,
+        max_batch: int = 512, max_latency_ms: float = 20.0, compression: str = "none",
+        client: Mapping[str, Any] | None = None, partitions: int = 4, on_records: RecordSink | None = None, on_scored: ScoredHook | None = None,
         on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
@@ -99,10 +99,12 @@ class FaustRunner:
         self.max_batch = max_batch
         self.within_s = max(max_latency_ms, 1.0) / 1000.0
         self.partitions = partitions
+        self.client = dict(client or {})
         self.publisher = _Publisher(
             bootstrap=bootstrap, input_topics=input_topics, output_topic=output_topic, alerts_topic=alerts_topic,
             dlq_topic=dlq_topic, group_id=group_id, model=model, alert_filter=alert_filter, metrics=metrics,
-            max_batch=max_batch, max_latency_ms=max_latency_ms, compression=compression, on_records=on_records,
+            max_batch=max_batch, max_latency_ms=max_latency_ms, compression=compression, client=client,
+            on_records=on_records,
             on_scored=on_scored,
             on_alerts=on_alerts,
         )
@@ -133,6 +135,7 @@ class FaustRunner:
             consumer_auto_offset_reset="earliest", topic_partitions=self.partitions,
             broker_commit_interval=1.0, producer_acks=-1, stream_buffer_maxsize=max(4096, 4 * self.max_batch),
             broker_max_poll_records=max(500, self.max_batch), autodiscover=False, loghandlers=[],
+            broker_credentials=_credentials(self.client),
         )
         topic = app.topic(*self.input_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                           value_serializer="raw")
@@ -176,3 +179,16 @@ class FaustRunner:
                     pass
         finally:
             await app.stop()
+
+
+def _credentials(client: Mapping[str, Any]) -> Any:
+    """faust's ``broker_credentials`` for the aiokafka options of :func:`stream.broker.client_options` (None: plaintext)."""
+    import faust
+
+    protocol = client.get("security_protocol", "PLAINTEXT")
+    if protocol == "SSL":
+        return faust.SSLCredentials(client["ssl_context"])
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=client["sasl_plain_username"], password=client["sasl_plain_password"],
+                                     mechanism=client["sasl_mechanism"], ssl_context=client.get("ssl_context"))
+    return None

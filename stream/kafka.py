@@ -56,7 +56,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -144,6 +144,8 @@ class KafkaRunner:
     compression : {"none", "gzip", "snappy", "lz4", "zstd"}
         Codec of the record batches produced (``kafka.compression``); batches
         consumed are read in any codec.
+    client : mapping, optional
+        The clients' security options (:func:`stream.broker.client_options`).
     max_in_flight : int
         Scored batches whose records may await acknowledgement at once.
     on_records : callable, optional
@@ -161,8 +163,8 @@ class KafkaRunner:
     def __init__(
         self, *, bootstrap: str, input_topics: Sequence[str], output_topic: str, alerts_topic: str,
         dlq_topic: str, group_id: str, model: LiveModel, alert_filter: AlertFilter, metrics: Metrics,
-        max_batch: int = 512, max_latency_ms: float = 20.0, compression: str = "none", max_in_flight: int = 4,
-        on_records: RecordSink | None = None, on_scored: ScoredHook | None = None,
+        max_batch: int = 512, max_latency_ms: float = 20.0, compression: str = "none",
+        client: Mapping[str, Any] | None = None, max_in_flight: int = 4, on_records: RecordSink | None = None, on_scored: ScoredHook | None = None,
         on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.model = model
@@ -181,12 +183,12 @@ class KafkaRunner:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", fetch_max_wait_ms=wait_ms, max_partition_fetch_bytes=4 << 20,
-            client_id="anomstream",
+            client_id="anomstream", **(client or {}),
         )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=1 << 20,
             max_request_size=4 << 20, client_id="anomstream",
-            compression_type=None if compression == "none" else compression,
+            compression_type=None if compression == "none" else compression, **(client or {}),
         )
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
@@ -374,7 +376,8 @@ class KafkaRunner:
 
 
 
-async def tail_control(bootstrap: str, topic: str, sink: RecordSink, stop: asyncio.Event) -> None:
+async def tail_control(bootstrap: str, topic: str, sink: RecordSink, stop: asyncio.Event, *,
+                       client: Mapping[str, Any] | None = None) -> None:
     """Forward control-topic events (drift, retraining, promotions) to ``sink("control", ...)``.
 
     Reads from the end of the topic with no consumer group: these events are
@@ -383,7 +386,7 @@ async def tail_control(bootstrap: str, topic: str, sink: RecordSink, stop: async
     """
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest",
-        fetch_max_wait_ms=100, client_id="anomstream-control",
+        fetch_max_wait_ms=100, client_id="anomstream-control", **(client or {}),
     )
     await consumer.start()
     try:

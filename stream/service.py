@@ -24,7 +24,7 @@ from models.errors import ModelError
 from models.reference import InputReference
 from models.registry import Registry
 from stream.alerts import AlertFilter
-from stream.broker import EmbeddedBroker, ensure_topics, resolve_bootstrap
+from stream.broker import EmbeddedBroker, client_options, ensure_topics, resolve_bootstrap
 from stream.control import ControlChannel, DriftLoop, RetrainPolicy
 from stream.core import ScoredBatch, Scorer
 from stream.decoding import DecodedBatch
@@ -71,6 +71,7 @@ class Service:
         self.started_at = time.time()
         self.broker: EmbeddedBroker | None = None
         self.bootstrap: str | None = None
+        self.client: dict[str, Any] = {}  # the Kafka clients' security options
         self.live: LiveModel | None = None
         self.hub = Hub(queue=settings.websocket.queue, metrics=self.metrics)
         self.ingest: IngestBatcher | None = None
@@ -124,11 +125,12 @@ class Service:
             await self.web.__aenter__()
         try:
             if s.kafka.enabled:
+                self.client = client_options(s.kafka)
                 bootstrap, self.broker = await asyncio.to_thread(resolve_bootstrap, s.kafka.bootstrap_servers)
                 self.bootstrap = bootstrap
                 k = s.kafka
                 topics = {t: k.partitions for t in (*k.input_topics, k.output_topic, k.alerts_topic, k.dlq_topic, k.control_topic)}
-                await ensure_topics(bootstrap, topics)
+                await ensure_topics(bootstrap, topics, client=self.client)
         except BaseException:
             await self._close()
             raise
@@ -190,7 +192,8 @@ class Service:
             if s.kafka.enabled and self.bootstrap is not None:
                 k = s.kafka
                 if self.drift is not None:
-                    producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", client_id="anomstream-control")
+                    producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", client_id="anomstream-control",
+                                                **self.client)
                     await producer.start()
                     self.control = ControlChannel(producer=producer, topic=k.control_topic, sink=None)
                     spawn(self.control.run(stop), "control-channel")
@@ -203,7 +206,7 @@ class Service:
                     "model": self.live, "metrics": self.metrics,
                     "alert_filter": AlertFilter(min_severity=s.alerts.min_severity, cooldown_s=s.alerts.cooldown_s),
                     "max_batch": s.batching.max_batch, "max_latency_ms": s.batching.max_latency_ms,
-                    "compression": k.compression,
+                    "compression": k.compression, "client": self.client,
                     "on_records": self.hub.publish if self.web is not None else None,
                     "on_scored": self._on_scored if self.drift is not None else None,
                     "on_alerts": sinks.submit if sinks else None,
@@ -215,7 +218,8 @@ class Service:
                     runner = FaustRunner(**runner_kwargs, partitions=k.partitions)
                 else:
                     runner = KafkaRunner(**runner_kwargs)
-                spawn(tail_control(self.bootstrap, k.control_topic, self._on_control, stop), "control-tail")
+                spawn(tail_control(self.bootstrap, k.control_topic, self._on_control, stop, client=self.client),
+                      "control-tail")
                 async with sinks, runner:
                     self.kafka_state = "connected"
                     try:

@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stream.errors import ConfigError
 
@@ -69,6 +77,13 @@ class KafkaSettings(_Section):
     group_id: str = "anomstream"
     partitions: int = Field(4, ge=1)
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None  # CA bundle the brokers' certificates are checked against (None: the system's)
+    ssl_certfile: Path | None = None  # client certificate, for brokers that authenticate clients by TLS
+    ssl_keyfile: Path | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
 
     @field_validator("input_topics")
     @classmethod
@@ -76,6 +91,29 @@ class KafkaSettings(_Section):
         if not v or any(not t for t in v):
             raise ValueError("needs at least one non-empty topic name")
         return v
+
+    @field_validator("sasl_username", "sasl_password", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        # Environment values are parsed as YAML: a numeric password arrives as a number.
+        return v if v is None or isinstance(v, (str, SecretStr)) else str(v)
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username and sasl_password")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.bootstrap_servers == "embedded" and self.security_protocol != "PLAINTEXT":
+            raise ValueError("the embedded broker speaks PLAINTEXT only: set bootstrap_servers to your cluster")
+        return self
 
 
 class BatchingSettings(_Section):
@@ -209,7 +247,9 @@ class Settings(_Section):
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             value = err.get("input")
-            shown = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+            # No echo of whole sections (a section-wide check) or secrets.
+            hidden = err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) or "password" in key
+            shown = "" if hidden else f" (got {value!r})"
             raise ConfigError(f"{where}: {key}: {msg}{shown}") from None
 
 

@@ -60,7 +60,7 @@ from numpy.typing import NDArray
 from models.artifact import Artifact
 from models.errors import ModelError
 from models.registry import Registry
-from stream.broker import ensure_topics
+from stream.broker import client_options, ensure_topics
 from stream.control import control_event
 from stream.core import Scorer
 from stream.decoding import EventDecoder
@@ -132,11 +132,15 @@ def judge(candidate: NDArray[np.float64], candidate_threshold: float, champion: 
 
 async def read_window(
     bootstrap: str, topics: Sequence[str], *, window: int, start_at: Mapping[str, Mapping[str, int]] | None = None,
-    timeout_s: float = 60.0,
+    timeout_s: float = 60.0, client: Mapping[str, Any] | None = None,
 ) -> list[tuple[float, bytes]]:
-    """(record time in seconds, value) of the newest ``window`` events of ``topics`` (see module docstring)."""
+    """(record time in seconds, value) of the newest ``window`` events of ``topics`` (see module docstring).
+
+    ``client``: the connection's security options (:func:`stream.broker.client_options`).
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=100, max_partition_fetch_bytes=4 << 20, client_id="anomstream-trainer")
+                                fetch_max_wait_ms=100, max_partition_fetch_bytes=4 << 20, client_id="anomstream-trainer",
+                                **(client or {}))
     await consumer.start()
     out: list[tuple[float, bytes]] = []
     try:
@@ -199,6 +203,7 @@ class Trainer:
                  label_free: str | None = None, seed: int = 0) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
+        self.client = client_options(settings.kafka)
         self.algorithms = list(algorithms) if algorithms else None
         self.label_free = label_free
         self.seed = seed
@@ -210,10 +215,11 @@ class Trainer:
         consumer = AIOKafkaConsumer(
             k.control_topic, bootstrap_servers=self.bootstrap, group_id=f"{k.group_id}.trainer",
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200,
-            client_id="anomstream-trainer", max_poll_interval_ms=3_600_000,
+            client_id="anomstream-trainer", max_poll_interval_ms=3_600_000, **self.client,
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", client_id="anomstream-trainer")
-        await ensure_topics(self.bootstrap, {k.control_topic: k.partitions})
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", client_id="anomstream-trainer",
+                                    **self.client)
+        await ensure_topics(self.bootstrap, {k.control_topic: k.partitions}, client=self.client)
         await producer.start()
         await consumer.start()
         log.info("trainer waiting for retrain requests on %s", k.control_topic)
@@ -256,7 +262,8 @@ class Trainer:
             window = int(request.get("window_events") or s.drift.retrain.window_events)
             topics = request.get("topics") or list(s.kafka.input_topics)
             log.info("retrain %s (%s): reading the last %d events of %s", rid, trigger, window, ", ".join(topics))
-            rows = await read_window(self.bootstrap, topics, window=window, start_at=request.get("from") or {})
+            rows = await read_window(self.bootstrap, topics, window=window, start_at=request.get("from") or {},
+                                     client=self.client)
             decoded = EventDecoder(features).decode([v for _, v in rows])
             X = decoded.X
             if X.shape[0] < MIN_ROWS:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,35 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, yaml_text: str, e
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         Settings.load(tmp_path / "nope.yaml", environ={})
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+def test_sasl_settings_make_clients_aiokafka_and_faust_accept(protocol: str, mechanism: str) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from stream.broker import client_options
+    from stream.faust_runner import _credentials
+
+    s = Settings.load(None, environ={
+        "ANOMSTREAM_KAFKA__BOOTSTRAP_SERVERS": "kafka-1:9093", "ANOMSTREAM_KAFKA__SECURITY_PROTOCOL": protocol,
+        "ANOMSTREAM_KAFKA__SASL_MECHANISM": mechanism, "ANOMSTREAM_KAFKA__SASL_USERNAME": "scorer",
+        "ANOMSTREAM_KAFKA__SASL_PASSWORD": "123456",  # parsed as YAML: a number, kept as text
+    })
+    assert "123456" not in repr(s)
+    options = client_options(s.kafka)
+    assert options["sasl_plain_password"] == "123456" and options["sasl_mechanism"] == mechanism
+    assert ("ssl_context" in options) == (protocol == "SASL_SSL")
+    # aiokafka checks the security options when a client is made (no connection yet).
+    async def make_clients() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers="kafka-1:9093", **options)
+        consumer = AIOKafkaConsumer(bootstrap_servers="kafka-1:9093", **options)
+        admin = AIOKafkaAdminClient(bootstrap_servers="kafka-1:9093", **options)
+        await producer.stop()
+        await consumer.stop()
+        await admin.close()
+
+    asyncio.run(make_clients())
+    creds = _credentials(options)
+    assert (creds.protocol.value, creds.mechanism.value, creds.username) == (protocol, mechanism, "scorer")
