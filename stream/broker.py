@@ -189,6 +189,17 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
     return options
 
 
+class _LastError(logging.Handler):
+    """The last ERROR message of a logger, while attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = record.getMessage()
+
+
 async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, timeout_s: float = 20.0,
                         client: Mapping[str, Any] | None = None) -> list[str]:
     """Create the topics of ``topics`` (name → partitions) that do not exist; returns those created.
@@ -202,11 +213,18 @@ async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, timeout_s:
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
                                 **(client or {}))
+    # aiokafka's bootstrap error is generic ("Unable to bootstrap from ..."); the cause (a refused TLS
+    # handshake, failed SASL authentication) is only in its log: keep the last one for the error line.
+    causes = _LastError()
+    logging.getLogger("aiokafka").addHandler(causes)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (TimeoutError, KafkaError, OSError) as exc:
         await admin.close()
-        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc or type(exc).__name__}") from None
+        reason = causes.message or str(exc) or type(exc).__name__
+        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {' '.join(reason.split())}") from None
+    finally:
+        logging.getLogger("aiokafka").removeHandler(causes)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]

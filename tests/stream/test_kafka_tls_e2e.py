@@ -14,6 +14,7 @@ import contextlib
 import json
 import signal
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -37,20 +38,26 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 trustme = pytest.importorskip("trustme")
 
 
-class _TLSProxy:
-    """Accept TLS connections (client certificate required) and pipe each to a plaintext address."""
+class _Front:
+    """A broker's front door: TLS (with ``tls``) and SASL/PLAIN (with ``users``), then the Kafka bytes piped as they are.
 
-    def __init__(self, port: int, target: tuple[str, int], server: ssl.SSLContext) -> None:
-        self.port, self.target, self.context = port, target, server
+    SASL: the handshake (API 17) and the authentication (API 36) are answered
+    here, versions 0 and 1 as aiokafka sends them; the API versions request
+    before them goes to the broker; any other request before a successful
+    authentication closes the connection, as a broker requiring SASL does.
+    """
+
+    def __init__(self, port: int, target: tuple[str, int], tls: ssl.SSLContext | None = None,
+                 users: dict[str, str] | None = None) -> None:
+        self.port, self.target, self.tls, self.users = port, target, tls, users
+        self.refused: list[str] = []  # user names whose authentication failed
         self.loop = asyncio.new_event_loop()
-        self.handshakes_failed = 0
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> Self:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.context), self.loop).result(10)
-        self.loop.set_exception_handler(self._on_error)
+            asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.tls), self.loop).result(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -67,17 +74,58 @@ class _TLSProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
 
-    def _on_error(self, loop: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
-        if isinstance(ctx.get("exception"), ssl.SSLError):
-            self.handshakes_failed += 1
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
             return
+        try:
+            admitted = self.users is None or await self._authenticate(reader, writer, up_r, up_w)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            admitted = False
+        if not admitted:
+            writer.close()
+            up_w.close()
+            return
         await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+
+    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            up_r: asyncio.StreamReader, up_w: asyncio.StreamWriter) -> bool:
+        assert self.users is not None
+        while True:
+            frame = await reader.readexactly(struct.unpack(">i", await reader.readexactly(4))[0])
+            api_key, version, corr, id_len = struct.unpack(">hhih", frame[:10])
+            body = frame[10 + max(id_len, 0):]
+            if api_key == 18:  # API versions: the broker's answer
+                up_w.write(struct.pack(">i", len(frame)) + frame)
+                await up_w.drain()
+                answer = await up_r.readexactly(struct.unpack(">i", await up_r.readexactly(4))[0])
+                writer.write(struct.pack(">i", len(answer)) + answer)
+            elif api_key == 17:  # SASL handshake: PLAIN only
+                (n,) = struct.unpack(">h", body[:2])
+                error = 0 if body[2:2 + n] == b"PLAIN" else 33  # UNSUPPORTED_SASL_MECHANISM
+                _send(writer, struct.pack(">ihih", corr, error, 1, 5) + b"PLAIN")
+            elif api_key == 36 and version <= 1:  # SASL authenticate: \0user\0password
+                (n,) = struct.unpack(">i", body[:4])
+                _, user, password = body[4:4 + n].split(b"\0")
+                ok = self.users.get(user.decode()) == password.decode()
+                message = b"" if ok else b"Authentication failed: invalid credentials"
+                reply = struct.pack(">ih", corr, 0 if ok else 58)  # SASL_AUTHENTICATION_FAILED
+                reply += struct.pack(">h", -1) if ok else struct.pack(">h", len(message)) + message
+                reply += struct.pack(">i", 0) + (struct.pack(">q", 0) if version == 1 else b"")
+                _send(writer, reply)
+                await writer.drain()
+                if not ok:
+                    self.refused.append(user.decode())
+                return ok
+            else:
+                return False
+            await writer.drain()
+
+
+def _send(writer: asyncio.StreamWriter, payload: bytes) -> None:
+    writer.write(struct.pack(">i", len(payload)) + payload)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -93,53 +141,86 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.wait_closed()
 
 
+_USERS = {"scorer": "s3cret-pw"}
+
+
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A broker behind a TLS proxy that requires a client certificate from the CA; the PEM files."""
-    d = tmp_path_factory.mktemp("tls")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """PEM files: a test CA, the brokers' certificate (127.0.0.1), a client certificate, a CA nobody uses."""
+    d = tmp_path_factory.mktemp("pki")
     ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    ca.configure_trust(server_ctx)
-    server_ctx.verify_mode = ssl.CERT_REQUIRED
-    client = ca.issue_cert("anomstream-service")
-    files = {"ca": d / "ca.pem", "cert": d / "client.pem", "key": d / "client.key"}
+    server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("anomstream-service")
+    files = {"ca": d / "ca.pem", "cert": d / "client.pem", "key": d / "client.key", "other_ca": d / "other_ca.pem",
+             "server_cert": d / "server.pem", "server_key": d / "server.key"}
     ca.cert_pem.write_to_path(str(files["ca"]))
     client.cert_chain_pems[0].write_to_path(str(files["cert"]))
     client.private_key_pem.write_to_path(str(files["key"]))
-    other = trustme.CA()  # a CA the proxy does not trust
-    files["other_ca"] = d / "other_ca.pem"
-    other.cert_pem.write_to_path(str(files["other_ca"]))
-    proxy_port = free_port()
-    with EmbeddedBroker(port=0, advertised=f"127.0.0.1:{proxy_port}", log_file=d / "tansu.log") as broker, \
-            _TLSProxy(proxy_port, ("127.0.0.1", broker.port), server_ctx) as proxy:
-        yield {"bootstrap": f"127.0.0.1:{proxy_port}", "plain": broker.bootstrap, "proxy": proxy, **files}
+    files["server_cert"].write_bytes(b"".join(pem.bytes() for pem in server.cert_chain_pems))
+    server.private_key_pem.write_to_path(str(files["server_key"]))
+    trustme.CA().cert_pem.write_to_path(str(files["other_ca"]))
+    return {"dir": d, **files}
 
 
-def _client(tls: dict[str, Any]) -> dict[str, Any]:
-    ctx = create_ssl_context(cafile=tls["ca"], certfile=tls["cert"], keyfile=tls["key"])
-    return {"security_protocol": "SSL", "ssl_context": ctx}
+def _server_context(pki: dict[str, Any], *, client_certificates: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(pki["server_cert"]), str(pki["server_key"]))
+    if client_certificates:
+        ctx.load_verify_locations(str(pki["ca"]))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
-def _config(tmp: Path, tls: dict[str, Any], prefix: str, *, backend: str, **kafka: Any) -> Path:
+@contextlib.contextmanager
+def _fronted(pki: dict[str, Any], name: str, **front: Any) -> Iterator[tuple[str, _Front]]:
+    """An embedded broker that advertises a front door (:class:`_Front`) and is reached only through it."""
+    port = free_port()
+    with EmbeddedBroker(port=0, advertised=f"127.0.0.1:{port}", log_file=pki["dir"] / f"{name}.log") as broker, \
+            _Front(port, ("127.0.0.1", broker.port), **front) as door:
+        yield f"127.0.0.1:{port}", door
+
+
+@pytest.fixture(scope="module")
+def tls(pki: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A broker behind TLS that requires a client certificate signed by the test CA."""
+    with _fronted(pki, "tls", tls=_server_context(pki, client_certificates=True)) as (bootstrap, door):
+        yield {"bootstrap": bootstrap, "door": door, **pki,
+               "client": {"security_protocol": "SSL", "ssl_context": create_ssl_context(
+                   cafile=pki["ca"], certfile=pki["cert"], keyfile=pki["key"])},
+               "service": {"security_protocol": "SSL", "ssl_cafile": str(pki["ca"]),
+                           "ssl_certfile": str(pki["cert"]), "ssl_keyfile": str(pki["key"])}}
+
+
+@pytest.fixture(scope="module")
+def sasl(pki: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A broker behind TLS (server certificate only) and SASL/PLAIN with one user."""
+    user, password = next(iter(_USERS.items()))
+    with _fronted(pki, "sasl", tls=_server_context(pki, client_certificates=False), users=_USERS) as (bootstrap, door):
+        yield {"bootstrap": bootstrap, "door": door, **pki,
+               "client": {"security_protocol": "SASL_SSL", "ssl_context": create_ssl_context(cafile=pki["ca"]),
+                          "sasl_mechanism": "PLAIN", "sasl_plain_username": user, "sasl_plain_password": password},
+               "service": {"security_protocol": "SASL_SSL", "ssl_cafile": str(pki["ca"]), "sasl_mechanism": "PLAIN",
+                           "sasl_username": user, "sasl_password": password}}
+
+
+def _config(tmp: Path, front: dict[str, Any], prefix: str, *, backend: str = "aiokafka", **kafka: Any) -> Path:
     cfg = tmp / f"service-{uuid.uuid4().hex[:6]}.yaml"
     cfg.write_text(json.dumps({
-        "model": {"registry": str(tmp / "empty-registry"), "name": "default"},
-        "kafka": {"bootstrap_servers": tls["bootstrap"], "backend": backend,
+        "model": {"registry": str(tmp / "empty-registry"), "name": "default"},  # cold start: no training here
+        "kafka": {"bootstrap_servers": front["bootstrap"], "backend": backend,
                   "input_topics": [f"{prefix}.events"], "output_topic": f"{prefix}.scores",
                   "alerts_topic": f"{prefix}.anomalies", "dlq_topic": f"{prefix}.dlq",
                   "control_topic": f"{prefix}.control", "group_id": f"{prefix}.group", "partitions": 2,
-                  "security_protocol": "SSL", "ssl_cafile": str(tls["ca"]), **kafka},
+                  **front["service"], **kafka},
         "batching": {"max_batch": 256, "max_latency_ms": 10},
         "websocket": {"enabled": False}, "metrics": {"enabled": False},
     }))
     return cfg
 
 
-async def _produce(tls: dict[str, Any], topic: str, n: int) -> None:
+async def _produce(front: dict[str, Any], topic: str, n: int) -> None:
     gen = SyntheticStream(n_features=6, seed=9)
     X, _ = gen.sample(n, anomaly_rate=0.02)
-    producer = AIOKafkaProducer(bootstrap_servers=tls["bootstrap"], linger_ms=5, **_client(tls))
+    producer = AIOKafkaProducer(bootstrap_servers=front["bootstrap"], linger_ms=5, **front["client"])
     await producer.start()
     try:
         futures = [await producer.send(topic, orjson.dumps({"id": i, "features": dict(zip(gen.features, row))}))
@@ -149,9 +230,9 @@ async def _produce(tls: dict[str, Any], topic: str, n: int) -> None:
         await producer.stop()
 
 
-async def _consume(tls: dict[str, Any], topic: str, until: int, proc: subprocess.Popen[bytes]) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=tls["bootstrap"], group_id=None,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100, **_client(tls))
+async def _consume(front: dict[str, Any], topic: str, until: int, proc: subprocess.Popen[bytes]) -> list[Any]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=front["bootstrap"], group_id=None,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100, **front["client"])
     await consumer.start()
     out: list[Any] = []
     deadline = time.monotonic() + 120
@@ -166,20 +247,17 @@ async def _consume(tls: dict[str, Any], topic: str, until: int, proc: subprocess
     return out
 
 
-@pytest.mark.parametrize("backend", ["aiokafka", "faust"])
-def test_serve_over_tls_with_a_client_certificate(tls: dict[str, Any], tmp_path: Path, backend: str) -> None:
-    prefix = f"tls-{uuid.uuid4().hex[:8]}"
+def _serve_scores_all(front: dict[str, Any], tmp_path: Path, backend: str) -> None:
+    prefix = f"sec-{uuid.uuid4().hex[:8]}"
     topic = f"{prefix}.events"
-    asyncio.run(ensure_topics(tls["bootstrap"], {topic: 2}, client=_client(tls)))
-    asyncio.run(_produce(tls, topic, 600))
-    cfg = _config(tmp_path, tls, prefix, backend=backend, ssl_certfile=str(tls["cert"]),
-                  ssl_keyfile=str(tls["key"]))
+    asyncio.run(ensure_topics(front["bootstrap"], {topic: 2}, client=front["client"]))
+    asyncio.run(_produce(front, topic, 600))
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(python_cmd("serve", "--config", str(cfg)), stdout=out, stderr=subprocess.STDOUT,
-                                env=subprocess_env())
+        proc = subprocess.Popen(python_cmd("serve", "--config", str(_config(tmp_path, front, prefix, backend=backend))),
+                                stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
     try:
-        records = asyncio.run(_consume(tls, f"{prefix}.scores", 600, proc))
+        records = asyncio.run(_consume(front, f"{prefix}.scores", 600, proc))
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
@@ -188,40 +266,60 @@ def test_serve_over_tls_with_a_client_certificate(tls: dict[str, Any], tmp_path:
     assert set(ids) == set(range(600)) and max(ids.values()) == 1
 
 
-@pytest.mark.parametrize(
-    ("kafka", "why"),
-    [
-        ({}, "no client certificate"),
-        ({"ssl_cafile": "other_ca", "ssl_certfile": "cert", "ssl_keyfile": "key"}, "a CA that did not sign the proxy's"),
-        ({"security_protocol": "PLAINTEXT", "ssl_cafile": None}, "plaintext to a TLS listener"),
-    ],
-)
-def test_serve_refused_by_the_tls_listener_exits_2_with_one_line(tls: dict[str, Any], tmp_path: Path,
-                                                                 kafka: dict[str, Any], why: str) -> None:
-    files = {k: (str(tls[v]) if isinstance(v, str) else v) for k, v in kafka.items() if k.startswith("ssl_")}
-    cfg = _config(tmp_path, tls, f"tlsbad-{uuid.uuid4().hex[:8]}", backend="aiokafka",
-                  **{**{k: v for k, v in kafka.items() if not k.startswith("ssl_")}, **files})
+def _serve_fails(cfg: Path) -> list[str]:
+    """The output lines of a ``serve`` that must exit with code 2 (the last is the error)."""
     done = subprocess.run(python_cmd("serve", "--config", str(cfg)), capture_output=True, text=True, timeout=120,
                           env=subprocess_env(), check=False)
-    assert done.returncode == 2, (why, done.stderr[-2000:])
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("anomstream: error: cannot reach Kafka at " + tls["bootstrap"]), (why, last)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "s3cret" not in done.stderr and "hunter2" not in done.stderr
+    return done.stderr.strip().splitlines()
 
 
-def test_tls_settings_are_checked_before_any_connection(tls: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["aiokafka", "faust"])
+def test_serve_over_tls_with_a_client_certificate(tls: dict[str, Any], tmp_path: Path, backend: str) -> None:
+    _serve_scores_all(tls, tmp_path, backend)
+
+
+@pytest.mark.parametrize("backend", ["aiokafka", "faust"])
+def test_serve_over_sasl_ssl(sasl: dict[str, Any], tmp_path: Path, backend: str) -> None:
+    _serve_scores_all(sasl, tmp_path, backend)
+
+
+@pytest.mark.parametrize(
+    ("kafka", "cause"),
+    [
+        ({"ssl_certfile": None, "ssl_keyfile": None}, "closed"),  # no client certificate: the broker hangs up
+        ({"ssl_cafile": "other_ca"}, "CERTIFICATE_VERIFY_FAILED"),  # a CA that did not sign the broker's certificate
+        ({"security_protocol": "PLAINTEXT", "ssl_cafile": None, "ssl_certfile": None, "ssl_keyfile": None},
+         "closed"),  # plaintext to a TLS listener
+    ],
+)
+def test_serve_refused_over_tls_exits_2_with_one_line(tls: dict[str, Any], tmp_path: Path, kafka: dict[str, Any],
+                                                     cause: str) -> None:
+    kafka = {k: str(tls[v]) if k.startswith("ssl_") and v else v for k, v in kafka.items()}
+    last = _serve_fails(_config(tmp_path, tls, f"tlsbad-{uuid.uuid4().hex[:8]}", **kafka))[-1]
+    assert last.startswith(f"anomstream: error: cannot reach Kafka at {tls['bootstrap']}: "), last
+    assert cause in last, last
+
+
+def test_serve_with_a_wrong_sasl_password_exits_2_naming_the_refusal(sasl: dict[str, Any], tmp_path: Path) -> None:
+    last = _serve_fails(_config(tmp_path, sasl, f"saslbad-{uuid.uuid4().hex[:8]}", sasl_password="hunter2"))[-1]
+    assert last.startswith(f"anomstream: error: cannot reach Kafka at {sasl['bootstrap']}"), last
+    assert "SaslAuthenticationFailed: Authentication failed: invalid credentials" in last, last
+    assert "scorer" in sasl["door"].refused
+
+
+def test_security_settings_are_checked_before_any_connection(tls: dict[str, Any], tmp_path: Path) -> None:
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("not a certificate\n")
     cases = [
         ({"ssl_cafile": str(not_pem)}, "kafka: cannot load the TLS files (ssl_cafile="),
         ({"ssl_cafile": str(tmp_path / "missing.pem")}, "kafka.ssl_cafile: Value error, no such file"),
-        ({"ssl_certfile": str(tls["cert"])}, "ssl_certfile and ssl_keyfile go together"),
+        ({"ssl_keyfile": None}, "ssl_certfile and ssl_keyfile go together"),
         ({"security_protocol": "SASL_SSL", "sasl_password": "hunter2"},
          "security_protocol SASL_SSL needs sasl_username and sasl_password"),
+        ({"bootstrap_servers": "embedded"}, "the embedded broker speaks PLAINTEXT only"),
     ]
     for kafka, message in cases:
-        cfg = _config(tmp_path, tls, "unused", backend="aiokafka", **kafka)
-        done = subprocess.run(python_cmd("serve", "--config", str(cfg)), capture_output=True, text=True,
-                              timeout=60, env=subprocess_env(), check=False)
-        assert done.returncode == 2, done.stderr[-2000:]
-        last = done.stderr.strip().splitlines()[-1]
-        assert message in last and "hunter2" not in done.stderr, last
+        last = _serve_fails(_config(tmp_path, tls, "unused", **kafka))[-1]
+        assert message in last, last
