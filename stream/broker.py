@@ -201,10 +201,13 @@ class _LastError(logging.Handler):
 
 
 async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, timeout_s: float = 20.0,
-                        client: Mapping[str, Any] | None = None) -> list[str]:
+                        client: Mapping[str, Any] | None = None, replication_factor: int | None = None) -> list[str]:
     """Create the topics of ``topics`` (name → partitions) that do not exist; returns those created.
 
     ``client``: the connection's security options (:func:`client_options`).
+    ``replication_factor``: replicas of each created partition; None: as many
+    as the cluster has brokers, up to 3 (1 on a single broker, such as the
+    embedded one).
     """
     import asyncio
 
@@ -229,13 +232,14 @@ async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, timeout_s:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
+            rf = replication_factor or min(3, max(1, len((await admin.describe_cluster()).get("brokers") or [])))
             try:
                 await admin.create_topics(
-                    [NewTopic(name=t, num_partitions=topics[t], replication_factor=1) for t in missing]
+                    [NewTopic(name=t, num_partitions=topics[t], replication_factor=rf) for t in missing]
                 )
             except TopicAlreadyExistsError:
                 pass
-            log.info("created topics %s", ", ".join(missing))
+            log.info("created topics %s (replication factor %d)", ", ".join(missing), rf)
         return missing
     finally:
         await admin.close()

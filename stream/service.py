@@ -130,7 +130,7 @@ class Service:
                 self.bootstrap = bootstrap
                 k = s.kafka
                 topics = {t: k.partitions for t in (*k.input_topics, k.output_topic, k.alerts_topic, k.dlq_topic, k.control_topic)}
-                await ensure_topics(bootstrap, topics, client=self.client)
+                await ensure_topics(bootstrap, topics, client=self.client, replication_factor=k.replication_factor)
         except BaseException:
             await self._close()
             raise

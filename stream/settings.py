@@ -77,6 +77,7 @@ class KafkaSettings(_Section):
     group_id: str = "anomstream"
     partitions: int = Field(4, ge=1)
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    replication_factor: int | None = Field(None, ge=1)  # of the topics the service creates; None: min(3, brokers)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     ssl_cafile: Path | None = None  # CA bundle the brokers' certificates are checked against (None: the system's)
     ssl_certfile: Path | None = None  # client certificate, for brokers that authenticate clients by TLS

@@ -219,7 +219,8 @@ class Trainer:
         )
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", client_id="anomstream-trainer",
                                     **self.client)
-        await ensure_topics(self.bootstrap, {k.control_topic: k.partitions}, client=self.client)
+        await ensure_topics(self.bootstrap, {k.control_topic: k.partitions}, client=self.client,
+                            replication_factor=k.replication_factor)
         await producer.start()
         await consumer.start()
         log.info("trainer waiting for retrain requests on %s", k.control_topic)
