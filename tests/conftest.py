@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from stream.broker import EmbeddedBroker
 from stream.synthetic import SyntheticStream
@@ -60,3 +65,27 @@ def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMSTREAM_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+async def read_records(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool], timeout_s: float,
+                       proc: subprocess.Popen[bytes], client: Mapping[str, Any] | None = None) -> list[Any]:
+    """JSON records of ``topic`` from the start until ``until(records)`` holds (or the timeout).
+
+    Fails as soon as ``proc`` (the service under test) exits; ``client``:
+    aiokafka security options.
+    """
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=100, **(client or {}))
+    await consumer.start()
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(out) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            for msgs in batch.values():
+                out.extend(orjson.loads(m.value) for m in msgs)
+            if proc.poll() is not None:
+                raise AssertionError(f"service exited early with {proc.returncode}")
+    finally:
+        await consumer.stop()
+    return out

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from models.registry import Registry
 from stream.broker import ensure_topics
 from stream.synthetic import SyntheticStream
-from tests.conftest import python_cmd, subprocess_env
+from tests.conftest import python_cmd, read_records, subprocess_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -99,25 +99,6 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
         await producer.stop()
 
 
-async def _read(bootstrap: str, topic: str, *, until: Any, timeout_s: float, proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
-    """Records of ``topic`` from the start until ``until(records)`` holds (or the timeout)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=100)
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not until(out) and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
-            for msgs in batch.values():
-                out.extend(orjson.loads(m.value) for m in msgs)
-            if proc.poll() is not None:
-                raise AssertionError(f"service exited early with {proc.returncode}")
-    finally:
-        await consumer.stop()
-    return out
-
-
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(python_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
@@ -162,7 +143,7 @@ def test_drift_retrains_validates_swaps_and_rolls_back(broker: str, fresh_regist
         values += _events(gen, 30_000, 30_000)
         asyncio.run(_produce(broker, topic, values))
         produced = time.monotonic()
-        control = asyncio.run(_read(broker, f"{prefix}.control", timeout_s=120, proc=serve,
+        control = asyncio.run(read_records(broker, f"{prefix}.control", timeout_s=120, proc=serve,
                                     until=lambda evs: bool(_by_type(evs, "model_promoted"))))
         promoted_after_s = time.monotonic() - produced
         _wait_model(port, 2)
@@ -172,7 +153,7 @@ def test_drift_retrains_validates_swaps_and_rolls_back(broker: str, fresh_regist
         assert "default@1 is current" in out.stdout
         _wait_model(port, 1, timeout_s=5)  # reload_interval_s is 1
         asyncio.run(_produce(broker, topic, _events(gen, 2000, 63_000)))
-        scores = asyncio.run(_read(broker, f"{prefix}.scores", timeout_s=120, proc=serve,
+        scores = asyncio.run(read_records(broker, f"{prefix}.scores", timeout_s=120, proc=serve,
                                    until=lambda recs: len({r["id"] for r in recs}) >= 65_000))
         metrics = _metrics(port)
     finally:
@@ -223,12 +204,12 @@ def test_gradual_drift_is_detected_and_retrains_respect_max_per_day(broker: str,
             values += _events(gen, 2000, 10_000 + 2000 * (step - 1))
         n = len(values)
         asyncio.run(_produce(broker, topic, values))
-        scores = asyncio.run(_read(broker, f"{prefix}.scores", timeout_s=150, proc=serve,
+        scores = asyncio.run(read_records(broker, f"{prefix}.scores", timeout_s=150, proc=serve,
                                    until=lambda recs: len({r["id"] for r in recs}) >= n))
-        control = asyncio.run(_read(broker, f"{prefix}.control", timeout_s=60, proc=serve,
+        control = asyncio.run(read_records(broker, f"{prefix}.control", timeout_s=60, proc=serve,
                                     until=lambda evs: bool(_by_type(evs, "retrain_finished"))))
         time.sleep(3)  # later drift events would ask again: give them time to show
-        control = asyncio.run(_read(broker, f"{prefix}.control", timeout_s=3, proc=serve, until=lambda e: False))
+        control = asyncio.run(read_records(broker, f"{prefix}.control", timeout_s=3, proc=serve, until=lambda e: False))
     finally:
         _stop(trainer, tmp_path / "trainer.log")
         _stop(serve, tmp_path / "serve.log")
@@ -251,10 +232,10 @@ def test_stationary_stream_raises_no_drift(broker: str, fresh_registry: Path, tm
     serve = _start(["serve", "--config", str(cfg)], tmp_path / "serve.log")
     try:
         asyncio.run(_produce(broker, topic, _events(gen, n, 0)))
-        scores = asyncio.run(_read(broker, f"{prefix}.scores", timeout_s=150, proc=serve,
+        scores = asyncio.run(read_records(broker, f"{prefix}.scores", timeout_s=150, proc=serve,
                                    until=lambda recs: len(recs) >= n))
         metrics = _metrics(port)
-        control = asyncio.run(_read(broker, f"{prefix}.control", timeout_s=2, proc=serve, until=lambda e: False))
+        control = asyncio.run(read_records(broker, f"{prefix}.control", timeout_s=2, proc=serve, until=lambda e: False))
     finally:
         _stop(serve, tmp_path / "serve.log")
     assert len({r["id"] for r in scores}) == n
@@ -274,11 +255,11 @@ def test_cold_start_scores_then_trains_and_swaps_to_a_first_model(broker: str, t
     trainer = _start(["trainer", "--config", str(cfg), "--label-free", "iforest"], tmp_path / "trainer.log")
     try:
         asyncio.run(_produce(broker, topic, _events(gen, 6000, 0, named=True)))
-        control = asyncio.run(_read(broker, f"{prefix}.control", timeout_s=120, proc=serve,
+        control = asyncio.run(read_records(broker, f"{prefix}.control", timeout_s=120, proc=serve,
                                     until=lambda evs: bool(_by_type(evs, "model_promoted"))))
         _wait_model(port, 1)
         asyncio.run(_produce(broker, topic, _events(gen, 1000, 6000, named=True)))
-        scores = asyncio.run(_read(broker, f"{prefix}.scores", timeout_s=60, proc=serve,
+        scores = asyncio.run(read_records(broker, f"{prefix}.scores", timeout_s=60, proc=serve,
                                    until=lambda recs: len({r["id"] for r in recs}) >= 7000))
     finally:
         _stop(trainer, tmp_path / "trainer.log")
@@ -319,7 +300,7 @@ def test_killed_trainer_leaves_serving_untouched(broker: str, fresh_registry: Pa
         trainer.send_signal(signal.SIGKILL)
         trainer.wait(timeout=10)
         asyncio.run(_produce(broker, topic, _events(gen, 5000, 5000)))
-        scores = asyncio.run(_read(broker, f"{prefix}.scores", timeout_s=60, proc=serve,
+        scores = asyncio.run(read_records(broker, f"{prefix}.scores", timeout_s=60, proc=serve,
                                    until=lambda recs: len({r["id"] for r in recs}) >= 10_000))
         health = _metrics(port)
     finally:

@@ -17,7 +17,6 @@ import ssl
 import struct
 import subprocess
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -26,12 +25,12 @@ from typing import Any, Self
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
 from stream.broker import EmbeddedBroker, ensure_topics, free_port
 from stream.synthetic import SyntheticStream
-from tests.conftest import python_cmd, subprocess_env
+from tests.conftest import python_cmd, read_records, subprocess_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -230,23 +229,6 @@ async def _produce(front: dict[str, Any], topic: str, n: int) -> None:
         await producer.stop()
 
 
-async def _consume(front: dict[str, Any], topic: str, until: int, proc: subprocess.Popen[bytes]) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=front["bootstrap"], group_id=None,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100, **front["client"])
-    await consumer.start()
-    out: list[Any] = []
-    deadline = time.monotonic() + 120
-    try:
-        while len(out) < until and time.monotonic() < deadline:
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(orjson.loads(m.value) for m in msgs)
-            if proc.poll() is not None:
-                raise AssertionError(f"service exited early with {proc.returncode}")
-    finally:
-        await consumer.stop()
-    return out
-
-
 def _serve_scores_all(front: dict[str, Any], tmp_path: Path, backend: str) -> None:
     prefix = f"sec-{uuid.uuid4().hex[:8]}"
     topic = f"{prefix}.events"
@@ -257,7 +239,8 @@ def _serve_scores_all(front: dict[str, Any], tmp_path: Path, backend: str) -> No
         proc = subprocess.Popen(python_cmd("serve", "--config", str(_config(tmp_path, front, prefix, backend=backend))),
                                 stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
     try:
-        records = asyncio.run(_consume(front, f"{prefix}.scores", 600, proc))
+        records = asyncio.run(read_records(front["bootstrap"], f"{prefix}.scores", until=lambda r: len(r) >= 600,
+                                           timeout_s=120, proc=proc, client=front["client"]))
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
