@@ -18,8 +18,20 @@ next iteration; only then does ``take_events`` *ack* the batch's events, and
 faust commits acked offsets every ``broker_commit_interval`` (1 s here) and
 when partitions are revoked or the app stops.  A crash loses no event, but may
 score again up to a commit interval's worth of events (more than the aiokafka
-runner, which commits after every acknowledged batch).  faust needs about
-30 s from start to its first batch on the embedded broker (measured).
+runner, which commits after every acknowledged batch).
+
+Consumer settings (faust's defaults replaced, as the aiokafka runner's): the
+fetch wait is ``max_latency_ms`` (faust's aiokafka driver fixes 1,500 ms),
+fetches take up to 4 MiB per partition (faust: 1 MiB) and the group session
+times out after 10 s (faust: 60 s).  On the embedded broker, which answers a
+fetch when its wait runs out and holds a new member's first JoinGroup for half
+the session timeout, faust's defaults gave 5,521 events/s on a backlog and
+32 s from start to the first batch; with these, 12,348 events/s and 7.1 s, and
+p50 / p99 latency at 5,000 events/s offered 35 / 52 ms against 367 / 999 ms
+(``tests/perf/bench_faust.py``, ``bench_e2e.py``, 2026-11-23).  What bounds
+it now is faust's per-event machinery (~80 CPU-µs an event against ~10 in
+the aiokafka runner): a loop reading the agent's channel queue in batches
+instead of ``take_events`` gave 14.5k against 12.7k events/s and was not kept.
 
 faust is imported here only, when this backend is chosen (``faust`` extra).
 """
@@ -44,6 +56,10 @@ from stream.metrics import Metrics
 __all__ = ["FaustRunner"]
 
 log = logging.getLogger(__name__)
+# The consumer group's session timeout, as the aiokafka runner's (aiokafka's default).  faust's own default,
+# 60 s, kept it ~30 s from start to first batch on the embedded broker, which holds a new member's first
+# JoinGroup for half the session timeout.
+_SESSION_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -98,6 +114,7 @@ class FaustRunner:
         self.group_id = group_id
         self.max_batch = max_batch
         self.within_s = max(max_latency_ms, 1.0) / 1000.0
+        self.fetch_wait_ms = max(1, int(max_latency_ms))  # as the aiokafka runner's consumer
         self.partitions = partitions
         self.client = dict(client or {})
         self.publisher = _Publisher(
@@ -133,10 +150,12 @@ class FaustRunner:
         app = faust.App(
             self.group_id, broker=f"kafka://{self.bootstrap}", store="memory://", web_enabled=False, datadir=datadir,
             consumer_auto_offset_reset="earliest", topic_partitions=self.partitions,
-            broker_commit_interval=1.0, producer_acks=-1, stream_buffer_maxsize=max(4096, 4 * self.max_batch),
-            broker_max_poll_records=max(500, self.max_batch), autodiscover=False, loghandlers=[],
+            broker_commit_interval=1.0, broker_session_timeout=_SESSION_TIMEOUT_S, producer_acks=-1,
+            stream_buffer_maxsize=max(4096, 4 * self.max_batch), broker_max_poll_records=max(500, self.max_batch),
+            consumer_max_fetch_size=4 << 20, autodiscover=False, loghandlers=[],
             broker_credentials=_credentials(self.client),
         )
+        app.transport = _transport(self.fetch_wait_ms)(app.conf.broker_consumer, app)
         topic = app.topic(*self.input_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                           value_serializer="raw")
         publisher, max_batch = self.publisher, self.max_batch
@@ -192,3 +211,27 @@ def _credentials(client: Mapping[str, Any]) -> Any:
         return faust.SASLCredentials(username=client["sasl_plain_username"], password=client["sasl_plain_password"],
                                      mechanism=client["sasl_mechanism"], ssl_context=client.get("ssl_context"))
     return None
+
+
+def _transport(fetch_wait_ms: int) -> Any:
+    """faust's aiokafka transport, its consumer fetching with ``fetch_wait_ms`` (faust fixes 1,500 ms)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    class _Thread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            # Read by the consumer's fetcher when it starts, which faust does right after this returns.
+            if hasattr(consumer, "_fetch_max_wait_ms"):
+                consumer._fetch_max_wait_ms = fetch_wait_ms
+            else:
+                log.warning("this aiokafka keeps its fetch wait elsewhere: faust's consumer waits up to 1,500 ms")
+            return consumer
+
+    class _Consumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return _Thread(self, loop=self.loop, beacon=self.beacon)
+
+    class _Transport(driver.Transport):
+        Consumer = _Consumer
+
+    return _Transport
