@@ -1,4 +1,4 @@
-"""The service against a broker reachable only over TLS with client certificates, as a subprocess.
+"""The service against a broker reachable only over TLS (client certificates, or SASL: PLAIN, SCRAM), as a subprocess.
 
 The embedded broker speaks plaintext, so a TLS-terminating proxy stands in
 front of it (the Kafka traffic passes through unchanged) and the broker
@@ -87,7 +87,7 @@ def tls(pki: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def sasl(pki: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A broker behind TLS (server certificate only) and SASL/PLAIN with one user."""
+    """A broker behind TLS (server certificate only) and SASL (PLAIN, SCRAM-SHA-256/512) with one user."""
     user, password = next(iter(_USERS.items()))
     with _fronted(pki, "sasl", tls=_server_context(pki, client_certificates=False), users=_USERS) as (bootstrap, door):
         yield {"bootstrap": bootstrap, "door": door, **pki,
@@ -125,14 +125,14 @@ async def _produce(front: dict[str, Any], topic: str, n: int) -> None:
         await producer.stop()
 
 
-def _serve_scores_all(front: dict[str, Any], tmp_path: Path, backend: str) -> None:
+def _serve_scores_all(front: dict[str, Any], tmp_path: Path, backend: str, **kafka: Any) -> None:
     prefix = f"sec-{uuid.uuid4().hex[:8]}"
     topic = f"{prefix}.events"
     asyncio.run(ensure_topics(front["bootstrap"], {topic: 2}, client=front["client"]))
     asyncio.run(_produce(front, topic, 600))
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(python_cmd("serve", "--config", str(_config(tmp_path, front, prefix, backend=backend))),
+        proc = subprocess.Popen(python_cmd("serve", "--config", str(_config(tmp_path, front, prefix, backend=backend, **kafka))),
                                 stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
     try:
         records = asyncio.run(read_records(front["bootstrap"], f"{prefix}.scores", until=lambda r: len(r) >= 600,
@@ -164,6 +164,13 @@ def test_serve_over_sasl_ssl(sasl: dict[str, Any], tmp_path: Path, backend: str)
     _serve_scores_all(sasl, tmp_path, backend)
 
 
+@pytest.mark.parametrize(("backend", "mechanism"), [("aiokafka", "SCRAM-SHA-256"), ("faust", "SCRAM-SHA-512")])
+def test_serve_over_sasl_ssl_with_scram(sasl: dict[str, Any], tmp_path: Path, backend: str, mechanism: str) -> None:
+    _serve_scores_all(sasl, tmp_path, backend, sasl_mechanism=mechanism)
+    assert ("scorer", mechanism) in sasl["door"].admitted
+    assert "scorer" not in sasl["door"].refused
+
+
 @pytest.mark.parametrize(
     ("kafka", "cause"),
     [
@@ -181,8 +188,11 @@ def test_serve_refused_over_tls_exits_2_with_one_line(tls: dict[str, Any], tmp_p
     assert cause in last, last
 
 
-def test_serve_with_a_wrong_sasl_password_exits_2_naming_the_refusal(sasl: dict[str, Any], tmp_path: Path) -> None:
-    last = _serve_fails(_config(tmp_path, sasl, f"saslbad-{uuid.uuid4().hex[:8]}", sasl_password="hunter2"))[-1]
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_serve_with_a_wrong_sasl_password_exits_2_naming_the_refusal(sasl: dict[str, Any], tmp_path: Path,
+                                                                   mechanism: str) -> None:
+    last = _serve_fails(_config(tmp_path, sasl, f"saslbad-{uuid.uuid4().hex[:8]}", sasl_password="hunter2",
+                                sasl_mechanism=mechanism))[-1]
     assert last.startswith(f"anomstream: error: cannot reach Kafka at {sasl['bootstrap']}"), last
     assert "SaslAuthenticationFailed: Authentication failed: invalid credentials" in last, last
     assert "scorer" in sasl["door"].refused
