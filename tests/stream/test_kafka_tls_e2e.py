@@ -97,10 +97,12 @@ def sasl(pki: dict[str, Any]) -> Iterator[dict[str, Any]]:
                            "sasl_username": user, "sasl_password": password}}
 
 
-def _config(tmp: Path, front: dict[str, Any], prefix: str, *, backend: str = "aiokafka", **kafka: Any) -> Path:
+def _config(tmp: Path, front: dict[str, Any], prefix: str, *, backend: str = "aiokafka",
+            retrain: dict[str, Any] | None = None, **kafka: Any) -> Path:
     cfg = tmp / f"service-{uuid.uuid4().hex[:6]}.yaml"
     cfg.write_text(json.dumps({
-        "model": {"registry": str(tmp / "empty-registry"), "name": "default"},  # cold start: no training here
+        "model": {"registry": str(tmp / "empty-registry"), "name": "default"},  # cold start
+        "drift": {"retrain": retrain or {}},
         "kafka": {"bootstrap_servers": front["bootstrap"], "backend": backend,
                   "input_topics": [f"{prefix}.events"], "output_topic": f"{prefix}.scores",
                   "alerts_topic": f"{prefix}.anomalies", "dlq_topic": f"{prefix}.dlq",
@@ -168,6 +170,33 @@ def test_serve_over_sasl_ssl(sasl: dict[str, Any], tmp_path: Path, backend: str)
 def test_serve_over_sasl_ssl_with_scram(sasl: dict[str, Any], tmp_path: Path, backend: str, mechanism: str) -> None:
     _serve_scores_all(sasl, tmp_path, backend, sasl_mechanism=mechanism)
     assert ("scorer", mechanism) in sasl["door"].admitted
+    assert "scorer" not in sasl["door"].refused
+
+
+def test_trainer_over_sasl_ssl_trains_the_first_model(sasl: dict[str, Any], tmp_path: Path) -> None:
+    """The trainer's clients (control tail, window reader, publisher) through the same secured door as ``serve``."""
+    prefix = f"sectrain-{uuid.uuid4().hex[:8]}"
+    topic = f"{prefix}.events"
+    asyncio.run(ensure_topics(sasl["bootstrap"], {topic: 2, f"{prefix}.control": 1}, client=sasl["client"]))
+    cfg = _config(tmp_path, sasl, prefix, sasl_mechanism="SCRAM-SHA-256",
+                  retrain={"window_events": 2000, "min_events": 1000, "budget_s": 10})
+    procs, logs = [], [tmp_path / "serve.log", tmp_path / "trainer.log"]
+    for args, log in zip((["serve"], ["trainer", "--label-free", "iforest"]), logs):
+        with open(log, "wb") as out:
+            procs.append(subprocess.Popen(python_cmd(*args, "--config", str(cfg)), stdout=out,
+                                          stderr=subprocess.STDOUT, env=subprocess_env()))
+    try:
+        asyncio.run(_produce(sasl, topic, 2500))
+        control = asyncio.run(read_records(
+            sasl["bootstrap"], f"{prefix}.control", timeout_s=120, proc=procs[1], client=sasl["client"],
+            until=lambda evs: any(e["type"] == "model_promoted" or e.get("status") == "failed" for e in evs)))
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        rcs = [proc.wait(timeout=30) for proc in procs]
+    assert rcs == [0, 0], [log.read_text()[-2000:] for log in logs]
+    promoted = [e for e in control if e["type"] == "model_promoted"]
+    assert promoted and promoted[0]["model"] == "default@1", control
     assert "scorer" not in sasl["door"].refused
 
 
