@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.broker import EmbeddedBroker
 from stream.synthetic import SyntheticStream
@@ -89,3 +90,18 @@ async def read_records(bootstrap: str, topic: str, *, until: Callable[[list[Any]
     finally:
         await consumer.stop()
     return out
+
+
+async def produce_events(bootstrap: str, topic: str, n: int, *, seed: int, anomaly_rate: float = 0.01,
+                         client: Mapping[str, Any] | None = None) -> None:
+    """``n`` generated events (``id`` 0..n-1, named features of :data:`N_FEATURES`) to ``topic``."""
+    gen = SyntheticStream(n_features=N_FEATURES, seed=seed)
+    X, _ = gen.sample(n, anomaly_rate=anomaly_rate)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **(client or {}))
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, orjson.dumps({"id": i, "features": dict(zip(gen.features, row))}))
+                   for i, row in enumerate(X.tolist())]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()

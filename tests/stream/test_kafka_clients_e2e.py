@@ -18,13 +18,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from stream.broker import EmbeddedBroker, ensure_topics, free_port
-from stream.synthetic import SyntheticStream
-from tests.conftest import N_FEATURES, python_cmd, read_records, subprocess_env
+from tests.conftest import produce_events, python_cmd, read_records, subprocess_env
 from tests.kafka_front import KafkaFrontDoor
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -61,19 +58,6 @@ def _join(version: int, frame: bytes) -> tuple[str, int]:
     return group.decode(), int(session)
 
 
-async def _produce(bootstrap: str, topic: str, n: int) -> None:
-    gen = SyntheticStream(n_features=N_FEATURES, seed=3)
-    X, _ = gen.sample(n, anomaly_rate=0.01)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, orjson.dumps({"id": i, "features": dict(zip(gen.features, row))}))
-                   for i, row in enumerate(X.tolist())]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 @pytest.mark.parametrize("backend", ["aiokafka", "faust"])
 def test_input_consumer_fetches_within_the_batching_latency_and_joins_with_a_10_s_session(
         registry: Path, tmp_path: Path, backend: str) -> None:
@@ -84,7 +68,7 @@ def test_input_consumer_fetches_within_the_batching_latency_and_joins_with_a_10_
             KafkaFrontDoor(port, ("127.0.0.1", broker.port), record=True) as door:
         bootstrap = f"127.0.0.1:{port}"
         asyncio.run(ensure_topics(bootstrap, {events: 2}))
-        asyncio.run(_produce(bootstrap, events, 300))
+        asyncio.run(produce_events(bootstrap, events, 300, seed=3))
         cfg = tmp_path / "service.yaml"
         cfg.write_text(json.dumps({
             "model": {"registry": str(registry), "name": "default"},

@@ -21,14 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
 from stream.broker import EmbeddedBroker, ensure_topics, free_port
-from stream.synthetic import SyntheticStream
-from tests.conftest import python_cmd, read_records, subprocess_env
+from tests.conftest import produce_events, python_cmd, read_records, subprocess_env
 from tests.kafka_front import KafkaFrontDoor
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -114,24 +111,11 @@ def _config(tmp: Path, front: dict[str, Any], prefix: str, *, backend: str = "ai
     return cfg
 
 
-async def _produce(front: dict[str, Any], topic: str, n: int) -> None:
-    gen = SyntheticStream(n_features=6, seed=9)
-    X, _ = gen.sample(n, anomaly_rate=0.02)
-    producer = AIOKafkaProducer(bootstrap_servers=front["bootstrap"], linger_ms=5, **front["client"])
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, orjson.dumps({"id": i, "features": dict(zip(gen.features, row))}))
-                   for i, row in enumerate(X.tolist())]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 def _serve_scores_all(front: dict[str, Any], tmp_path: Path, backend: str, **kafka: Any) -> None:
     prefix = f"sec-{uuid.uuid4().hex[:8]}"
     topic = f"{prefix}.events"
     asyncio.run(ensure_topics(front["bootstrap"], {topic: 2}, client=front["client"]))
-    asyncio.run(_produce(front, topic, 600))
+    asyncio.run(produce_events(front["bootstrap"], topic, 600, seed=9, anomaly_rate=0.02, client=front["client"]))
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(python_cmd("serve", "--config", str(_config(tmp_path, front, prefix, backend=backend, **kafka))),
@@ -186,7 +170,7 @@ def test_trainer_over_sasl_ssl_trains_the_first_model(sasl: dict[str, Any], tmp_
             procs.append(subprocess.Popen(python_cmd(*args, "--config", str(cfg)), stdout=out,
                                           stderr=subprocess.STDOUT, env=subprocess_env()))
     try:
-        asyncio.run(_produce(sasl, topic, 2500))
+        asyncio.run(produce_events(sasl["bootstrap"], topic, 2500, seed=9, anomaly_rate=0.02, client=sasl["client"]))
         control = asyncio.run(read_records(
             sasl["bootstrap"], f"{prefix}.control", timeout_s=120, proc=procs[1], client=sasl["client"],
             until=lambda evs: any(e["type"] == "model_promoted" or e.get("status") == "failed" for e in evs)))
