@@ -77,9 +77,10 @@ Session options, measured with ``tests/perf/bench_core.py --session-grid``
   Parts gave IForest 477k against 278k at 4096 rows, KNN 316k against 236k,
   COPOD 469k against 326k, the ensemble 132k against 91k; the hand-over to
   the second thread costs ~0.1 ms here (waking an idle core of the VM), so
-  the cheap graphs never pay.  Which batch size pays is timed at load
-  (``parallel``), and the parts must give the bits of one call.  In the
-  service the second core decodes and produces (and runs the broker here),
+  the cheap graphs never pay.  The parts must give the bits of one call
+  (checked at load); whether they pay is timed on served batches, in turns
+  that come back every minute (``parallel``, :class:`_Cut`): at load the
+  other core may be busy with something that passes.  In the service the second core decodes and produces (and runs the broker here),
   so ``inference.threads = 0`` means one thread; at full load the service
   with ``threads: 2`` scored as many events as with one (IForest, 41-54k
   against 43-49k events/s, alternating runs), where two intra-op threads
@@ -360,7 +361,9 @@ class Scorer:
                         self._complete_c = run
         self._piece_rows = 0
         self._pieces_kept: dict[str, bool | None] = {}  # per run call (attribute): pieces kept, None on trial
-        self._piece_trials: list[tuple[str, _Pieces]] = []  # wrappers whose turns start once loaded
+        self._parts_kept: dict[str, bool | None] = {}  # the same for parts
+        # Wrappers whose turns start once loaded: (attribute, wrapper, trials, the choices they report to).
+        self._cut_trials: list[tuple[str, _Cut, int, dict[str, bool | None]]] = []
         if self._binding is None and pieces != "never":
             self._piece_rows = self._pieces_from(always=pieces == "always")
         self._parallel_rows = 0
@@ -376,9 +379,9 @@ class Scorer:
                 block = np.zeros((size, self._width), dtype=np.float32)
                 for _ in range(3):
                     self._run(block)
-        for attr, wrapper in self._piece_trials:  # the served batches decide, not the load's probe rows
-            self._pieces_kept[attr] = None
-            wrapper.take_turns(_PIECE_TRIALS)
+        for attr, wrapper, trials, choices in self._cut_trials:  # the served batches decide, not the load's probes
+            choices[attr] = None
+            wrapper.take_turns(trials)
         log.info(
             "model %s loaded from %s on %s%s", self.ref, artifact.path, self.provider,
             " with CUDA graphs" if self._cuda_graphs else "",
@@ -564,7 +567,7 @@ class Scorer:
             setattr(self, attr, wrapper)
             self._pieces_kept[attr] = True
             if trials:
-                self._piece_trials.append((attr, wrapper))
+                self._cut_trials.append((attr, wrapper, trials, self._pieces_kept))
         log.info("model %s: batches of %d rows or more are scored %s%s", self.ref, _PIECE_FROM, what,
                  f" where the first {2 * trials} such batches of each call find them faster" if trials else "")
         return _PIECE_FROM
@@ -581,10 +584,12 @@ class Scorer:
             held.run = pieces.run
 
     def _parallel_from(self, *, always: bool) -> int:
-        """The smallest batch cut into parts side by side (0: none), choosing per ``parallel``.
+        """The smallest batch cut into parts side by side, or tried in them (0: none), choosing per ``parallel``.
 
         Each call on the features alone must give the bits of one call in
-        parts; the call a complete batch makes first is the one timed.
+        parts.  The call a complete batch makes first is timed at each size
+        until the parts pay; the served batches from that size (else
+        ``_PARALLEL_FROM``) then take turns between the two ways (``auto``).
         """
         pool = _workers(self._threads - 1)
         what = f"in {self._threads} parts"
@@ -605,12 +610,21 @@ class Scorer:
             if t_parts <= _PARALLEL_GAIN * t_whole:
                 chosen = rows
                 break
-        if chosen:
-            for attr, call in self._run_calls().items():
-                setattr(self, attr, _Parts(call, self._threads, chosen, pool))
-        log.info("model %s: batches of %s rows are scored %s", self.ref,
-                 f"{chosen} or more" if chosen else "no number of", what)
-        return chosen
+        start = chosen or _PARALLEL_FROM
+        for attr, call in self._run_calls().items():
+            wrapper = _Parts(call, self._threads, start, pool, ref=self.ref,
+                             decided=partial(self._parts_decided, attr))
+            setattr(self, attr, wrapper)
+            self._parts_kept[attr] = True
+            if not always:
+                self._cut_trials.append((attr, wrapper, _PARALLEL_TRIALS, self._parts_kept))
+        log.info("model %s: batches of %d rows or more are scored %s%s", self.ref, start, what,
+                 "" if always else f" where the served batches find them faster (turns every "
+                 f"{_PARALLEL_RETRY_S:g} s)")
+        return start
+
+    def _parts_decided(self, attr: str, parts: _Parts, kept: bool) -> None:
+        self._parts_kept[attr] = kept
 
     @property
     def piece_rows(self) -> int:
@@ -624,8 +638,13 @@ class Scorer:
 
     @property
     def parallel_rows(self) -> int:
-        """Batches of at least this many rows are scored in ``threads`` parts side by side (0: never)."""
+        """Batches of at least this many rows are scored in ``threads`` parts side by side, or tried in them (0: never)."""
         return self._parallel_rows
+
+    @property
+    def parts_kept(self) -> bool | None:
+        """Whether a complete batch's call keeps its parts (None: taking turns, or no parts)."""
+        return self._parts_kept.get(self._feature_calls()[0][0])
 
     @property
     def complete_batches_skip_imputation(self) -> bool:
@@ -867,9 +886,18 @@ _ROW0.flags.writeable = False
 _NO_ROWS.flags.writeable = False
 
 
-# Batch sizes at which cutting a batch into parts is timed at load, and the share of one call it must beat.
+# Parts side by side: the batch sizes at which they are checked (same bits) and timed at load, the smallest
+# of which that paid there (else _PARALLEL_FROM) is where the served batches take turns; the share of one
+# call's time per row they must beat, and how long a choice holds before the served batches take turns
+# again.  The load's timings alone decided before 2026-11-23: a model loaded while the other core was busy
+# (another process starting) found that parts did not pay at any size and never cut a batch (KNN and LOF at
+# 128 rows, the other core held by a busy loop: 388 against 326 µs, 719 against 646; idle: 244 against
+# 331, 419 against 688).
 _PARALLEL_SIZES = (128, 256, 1024, 4096)  # each at least 2 * _ALIGN
+_PARALLEL_FROM = 256
 _PARALLEL_GAIN = 0.8
+_PARALLEL_TRIALS = 16
+_PARALLEL_RETRY_S = 60.0
 _ALIGN = 64
 # Consecutive pieces: the batch size from which batches are cut, the pieces' rows, the rows of the load-time
 # check, how many batches of each way the served batches are timed on, and the share of one call's time per
@@ -885,6 +913,7 @@ _PIECE_ROWS = 128  # a multiple of _ALIGN
 _PIECE_CHECK_ROWS = 1024
 _PIECE_TRIALS = 8
 _PIECE_GAIN = 0.95
+_TURN_RUN = 4  # served batches in a row taken each way while parts or pieces are timed (trials: a multiple)
 _FAR_OUT = 30.0  # load-time probe rows: the far rows' distance from the medians, in the probe's scale
 
 
@@ -894,24 +923,97 @@ def _workers(n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="anomstream-score")
 
 
-class _Parts:
-    """A session's C ``run``, cutting batches of ``min_rows`` rows or more into ``parts`` scored side by side.
+class _Cut:
+    """A session's C ``run`` that may score batches of ``min_rows`` rows or more another way, to the same bits.
 
-    onnxruntime lets go of the GIL while it runs, so the parts run on the
-    cores at once; every input is cut along its rows and every output joined
-    along its rows.  The caller scores the first part itself.
+    The other way (:meth:`_cut`: parts side by side, consecutive pieces) is
+    taken while :attr:`kept` is True, one call while it is False.  After
+    :meth:`take_turns` (``kept`` None) the next such batches take turns
+    between one call and the other way in runs of ``_TURN_RUN`` batches,
+    timed per row but for the first of each run (which pays for the switch:
+    a part handed to a worker thread that one-call turns left idle waits for
+    it to wake, ~0.1 ms on the reference VM, where back-to-back parts find
+    it awake), and after ``trials`` of each the other way is kept where its
+    median took at most ``gain`` of one call's (logged when the choice is new
+    or changes; ``decided`` is told); once kept, one run lets the session's arena shrink back from what
+    the one-call turns grew it to.  With ``retry_s`` the turns open again
+    that many seconds after each choice, so that the choice follows the
+    machine (a second core that other processes keep busy now and then).
+    Both ways give the same bits, so the served results do not depend on the
+    turn a batch falls on.
     """
 
-    __slots__ = ("min_rows", "parts", "pool", "run")
+    __slots__ = ("decided", "gain", "kept", "min_rows", "next_trial", "ref", "retry_s", "run", "said", "served",
+                 "times", "trials", "what")
 
-    def __init__(self, run: Callable[..., list[NDArray[Any]]], parts: int, min_rows: int,
-                 pool: ThreadPoolExecutor) -> None:
-        self.run, self.parts, self.min_rows, self.pool = run, parts, min_rows, pool
+    def __init__(self, run: Callable[..., list[NDArray[Any]]], min_rows: int, *, what: str, gain: float,
+                 ref: str = "", decided: Callable[[Any, bool], None] | None = None,
+                 retry_s: float | None = None) -> None:
+        self.run, self.min_rows, self.what, self.gain, self.ref, self.decided = run, min_rows, what, gain, ref, decided
+        self.retry_s = retry_s
+        self.trials = self.served = 0
+        self.next_trial = 0.0
+        self.said: bool | None = None  # the last choice logged
+        self.kept: bool | None = True  # None: taking turns
+        self.times: tuple[list[float], list[float]] = ([], [])  # seconds per row: one call, the other way
+
+    def take_turns(self, trials: int) -> None:
+        """Time the next ``trials`` batches of each way, in turns, then keep the faster."""
+        self.trials, self.kept, self.times, self.served = trials, None, ([], []), 0
+
+    def _cut(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any, n: int) -> list[NDArray[Any]]:
+        raise NotImplementedError
 
     def __call__(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any) -> list[NDArray[Any]]:
         n = feed["features"].shape[0]
         if n < self.min_rows:
             return self.run(names, feed, options)
+        if self.kept is not None:
+            if self.retry_s is None or not self.trials or perf_counter() < self.next_trial:
+                return self._cut(names, feed, options, n) if self.kept else self.run(names, feed, options)
+            self.take_turns(self.trials)
+        one, cut = self.times
+        other = self.served // _TURN_RUN % 2 == 1  # runs of turns, one call first
+        t0 = perf_counter()
+        out = self._cut(names, feed, options, n) if other else self.run(names, feed, options)
+        if self.served % _TURN_RUN:
+            (cut if other else one).append((perf_counter() - t0) / n)
+        self.served += 1
+        if self.served >= 2 * self.trials:
+            t_one, t_cut = float(np.median(one)), float(np.median(cut))
+            self.kept = kept = t_cut <= self.gain * t_one
+            if self.retry_s is not None:
+                self.next_trial = perf_counter() + self.retry_s
+            if kept != self.said:
+                log.info("model %s: per row of batches of %d rows or more, one call %.2f µs, %s %.2f µs: %s",
+                         self.ref, self.min_rows, t_one * 1e6, self.what, t_cut * 1e6,
+                         f"{self.what} kept" if kept else "one call kept")
+                self.said = kept
+            if kept:
+                self.run(names, {k: v[:1] for k, v in feed.items()}, _shrinking())
+            if self.decided is not None:
+                self.decided(self, kept)
+        return out
+
+
+class _Parts(_Cut):
+    """A session's C ``run``, cutting batches of ``min_rows`` rows or more into ``parts`` scored side by side.
+
+    onnxruntime lets go of the GIL while it runs, so the parts run on the
+    cores at once; every input is cut along its rows and every output joined
+    along its rows.  The caller scores the first part itself.  Whether the
+    parts pay is timed on served batches (:class:`_Cut`).
+    """
+
+    __slots__ = ("parts", "pool")
+
+    def __init__(self, run: Callable[..., list[NDArray[Any]]], parts: int, min_rows: int,
+                 pool: ThreadPoolExecutor, **turns: Any) -> None:
+        super().__init__(run, min_rows, what=f"in {parts} parts", gain=_PARALLEL_GAIN, retry_s=_PARALLEL_RETRY_S,
+                         **turns)
+        self.parts, self.pool = parts, pool
+
+    def _cut(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any, n: int) -> list[NDArray[Any]]:
         # Cuts on multiples of _ALIGN rows: onnxruntime's element-wise kernels treat a tensor's last few
         # values apart from its vectorised body (HBOS's rows cut at 21 and 42 of 64 differed in the last
         # bit), and aligned cuts leave every value where one call puts it.
@@ -932,56 +1034,23 @@ def _shrinking() -> ort.RunOptions:
     return options
 
 
-class _Pieces:
+class _Pieces(_Cut):
     """A session's C ``run``, scoring batches of ``min_rows`` rows or more as consecutive pieces of ``rows`` rows.
 
     Every input is cut along its rows and every output joined along its
     rows; the cuts fall on multiples of ``rows`` (see :class:`_Parts` on
-    aligned cuts).  After :meth:`take_turns`, the next batches of
-    ``min_rows`` rows or more take turns between pieces and one call, timed
-    per row, and after ``trials`` of each the pieces are kept where their
-    median took at most ``_PIECE_GAIN`` of one call's (logged; ``decided``
-    is told); once kept, one run lets the session's arena shrink back from
-    what the one-call turns grew it to.  Both ways give the same bits, so
-    the served results do not depend on the turn a batch falls on.
+    aligned cuts).  Whether the pieces pay is timed on the first served
+    batches (:class:`_Cut`), once: it depends on the graph and the caches,
+    not on what else the machine runs.
     """
 
-    __slots__ = ("decided", "kept", "min_rows", "ref", "rows", "run", "times", "trials")
+    __slots__ = ("rows",)
 
-    def __init__(self, run: Callable[..., list[NDArray[Any]]], rows: int, min_rows: int, *, ref: str = "",
-                 decided: Callable[[_Pieces, bool], None] | None = None) -> None:
-        self.run, self.rows, self.min_rows, self.ref, self.decided = run, rows, min_rows, ref, decided
-        self.trials = 0
-        self.kept: bool | None = True  # None: taking turns
-        self.times: tuple[list[float], list[float]] = ([], [])  # seconds per row: one call, pieces
+    def __init__(self, run: Callable[..., list[NDArray[Any]]], rows: int, min_rows: int, **turns: Any) -> None:
+        super().__init__(run, min_rows, what=f"in pieces of {rows}", gain=_PIECE_GAIN, **turns)
+        self.rows = rows
 
-    def take_turns(self, trials: int) -> None:
-        """Time the next ``trials`` batches of each way, in turns, then keep the faster."""
-        self.trials, self.kept, self.times = trials, None, ([], [])
-
-    def __call__(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any) -> list[NDArray[Any]]:
-        n = feed["features"].shape[0]
-        if n < self.min_rows or self.kept is False:
-            return self.run(names, feed, options)
-        if self.kept:
-            return self._pieces(names, feed, options, n)
-        one, cut = self.times
-        pieces = len(cut) < len(one)  # turns, one call first
-        t0 = perf_counter()
-        out = self._pieces(names, feed, options, n) if pieces else self.run(names, feed, options)
-        (cut if pieces else one).append((perf_counter() - t0) / n)
-        if len(cut) >= self.trials and self.kept is None:
-            t_one, t_cut = float(np.median(one)), float(np.median(cut))
-            self.kept = t_cut <= _PIECE_GAIN * t_one
-            log.info("model %s: per row of batches of %d rows or more, one call %.2f µs, pieces of %d %.2f µs: "
-                     "pieces kept=%s", self.ref, self.min_rows, t_one * 1e6, self.rows, t_cut * 1e6, self.kept)
-            if self.kept:
-                self.run(names, {k: v[:1] for k, v in feed.items()}, _shrinking())
-            if self.decided is not None:
-                self.decided(self, self.kept)
-        return out
-
-    def _pieces(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any, n: int) -> list[NDArray[Any]]:
+    def _cut(self, names: list[str], feed: dict[str, NDArray[Any]], options: Any, n: int) -> list[NDArray[Any]]:
         run, step = self.run, self.rows
         outs = [run(names, {k: v[lo:lo + step] for k, v in feed.items()}, options) for lo in range(0, n, step)]
         return [np.concatenate([o[i] for o in outs]) for i in range(len(names))]

@@ -284,6 +284,13 @@ def _two_threads(root: Path, names: list[str], budget_s: float) -> dict[str, tup
             if name not in ready["PyOD"] or name not in ready["core"]:
                 continue
             rates: dict[str, list[float]] = {"PyOD": [], "core": []}
+            # The core times one call against parts on its first served batches (Scorer's ``parallel``):
+            # those turns run here, back to back while the PyOD process is idle, as a loaded service's would.
+            core = procs["core"]
+            assert core.stdin is not None
+            core.stdin.write(f"{name} decide\n")
+            core.stdin.flush()
+            print(f"  {name}: core with 2 threads {_reply(core)}", flush=True)
             for _ in range(_TWO_ROUNDS):
                 for engine, p in procs.items():
                     time.sleep(_TWO_GAP_S)
@@ -317,16 +324,32 @@ def _two_threads_child(
 
     Answers ``@@ NAME...`` (the models it can time) once ready, then
     ``@@ ROWS_PER_S`` per request, after untimed calls for half the time
-    (pools awake, caches warm).
+    (pools awake, caches warm).  ``NAME decide`` (core): batches of 256 rows
+    (or the scorer's ``parallel_rows``) back to back until the scorer has
+    chosen between one call and parts (at most 5 s); answers the choice.
     """
     fns: dict[str, Callable[[np.ndarray], Any]] = {}
+    scorers: dict[str, Scorer] = {}
     for name, (art, _) in models.items():
-        fn = _pyod(name, X_train, art.card.detector) if engine == "PyOD" else Scorer(art, providers="cpu", threads=2).score
+        if engine == "PyOD":
+            fn = _pyod(name, X_train, art.card.detector)
+        else:
+            scorers[name] = Scorer(art, providers="cpu", threads=2)
+            fn = scorers[name].score
         if fn is not None:
             fns[name] = fn
     print("@@ " + " ".join(fns), flush=True)
     for line in sys.stdin:
         name, seconds = line.split()
+        if seconds == "decide":
+            sc, start = scorers[name], time.perf_counter()
+            while sc.parallel_rows and sc.parts_kept is None and time.perf_counter() - start < 5.0:
+                sc.score(X[:max(256, sc.parallel_rows)])
+            choice = "parts not tried" if not sc.parallel_rows else {
+                True: f"keeps parts from {sc.parallel_rows} rows", False: "keeps one call",
+                None: "undecided"}[sc.parts_kept]
+            print(f"@@ {choice}", flush=True)
+            continue
         fn, budget = fns[name], float(seconds)
         warm = time.perf_counter()
         while time.perf_counter() - warm < budget / 2:

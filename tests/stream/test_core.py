@@ -8,7 +8,7 @@ import pytest
 from models.registry import Registry
 from models.zoo import ALGORITHMS
 from stream import serving_graph
-from stream.core import Scorer, choose_providers
+from stream.core import _PARALLEL_TRIALS, Scorer, choose_providers
 from stream.errors import ScoringError
 from stream.synthetic import SyntheticStream
 
@@ -537,11 +537,62 @@ def test_pieces_are_chosen_on_served_batches_not_on_the_loads_timings(tmp_path: 
     assert isinstance(two.pieces_kept, bool)
 
 
-def test_parallel_never_and_auto_choices(tmp_path: Path) -> None:
+def test_parallel_never_always_and_auto_choices(tmp_path: Path) -> None:
+    """``auto`` takes turns between one call and parts on the served batches, then keeps one; every turn scores alike."""
     art = _zoo_artifact(tmp_path, "lof")
-    assert Scorer(art, providers="cpu", threads=2, parallel="never").parallel_rows == 0  # type: ignore[arg-type]
-    auto = Scorer(art, providers="cpu", threads=2)  # type: ignore[arg-type]
-    assert auto.parallel_rows in (0, 128, 256, 1024, 4096)
-    X, _ = SyntheticStream(n_features=6, seed=3).sample(5000, anomaly_rate=0.01)
-    one = Scorer(art, providers="cpu")  # type: ignore[arg-type]
-    np.testing.assert_array_equal(auto.score(X).raw, one.score(X).raw)
+    never = Scorer(art, providers="cpu", threads=2, parallel="never", pieces="never")  # type: ignore[arg-type]
+    assert never.parallel_rows == 0 and never.parts_kept is None
+    always = Scorer(art, providers="cpu", threads=2, parallel="always")  # type: ignore[arg-type]
+    assert always.parallel_rows == 128 and always.parts_kept is True
+    auto = Scorer(art, providers="cpu", threads=2, pieces="never", contributions="handover")  # type: ignore[arg-type]
+    # The load's timings only say where the served batches start taking turns (256 where no size paid).
+    assert auto.parallel_rows in (128, 256, 1024, 4096) and auto.parts_kept is None
+    one = Scorer(art, providers="cpu", pieces="never", contributions="handover")  # type: ignore[arg-type]
+    turns = 2 * _PARALLEL_TRIALS
+    X, _ = SyntheticStream(n_features=6, seed=3).sample((turns + 2) * 300, anomaly_rate=0.02)
+    auto.score(X[:auto.parallel_rows - 1])
+    assert auto.parts_kept is None  # smaller batches are not timed
+    size = max(300, auto.parallel_rows)
+    for i in range(turns + 2):
+        batch = np.resize(X[i * 300:(i + 1) * 300], (size, X.shape[1]))
+        _assert_same_scores(auto.score(batch), one.score(batch), f"batch {i}")
+        if i < turns - 1:
+            assert auto.parts_kept is None, f"decided after {i + 1} batches"
+    assert isinstance(auto.parts_kept, bool)
+
+
+def test_parts_take_turns_again_after_a_while_and_follow_the_machine() -> None:
+    """A choice holds ``retry_s``; then the served batches take turns again and the choice can change."""
+    from concurrent.futures import ThreadPoolExecutor
+    from time import sleep
+
+    from stream.core import _Parts
+
+    cost = {"whole": 0.001, "part": 0.004}  # seconds a call sleeps: parts slower than one call at first
+    calls: list[int] = []
+
+    def run(names: list[str], feed: dict[str, np.ndarray], options: object) -> list[np.ndarray]:
+        x = feed["features"]
+        calls.append(x.shape[0])
+        sleep(cost["whole" if x.shape[0] == 256 else "part"])
+        return [x[:, 0] * 2.0]
+
+    with ThreadPoolExecutor(1) as pool:
+        parts = _Parts(run, 2, 256, pool)
+        parts.retry_s = 3600.0
+        parts.take_turns(4)
+        X = np.arange(256 * 3, dtype=np.float32).reshape(256, 3)
+        for _ in range(9):
+            np.testing.assert_array_equal(parts(["y"], {"features": X}, None)[0], X[:, 0] * 2.0)
+        assert parts.kept is False and calls.count(256) == 4 + 1  # 4 turns in one call, then the one chosen
+        cost.update(whole=0.008, part=0.001)  # the other core is free now: parts pay
+        calls.clear()
+        parts(["y"], {"features": X}, None)
+        assert parts.kept is False and calls == [256]  # the choice holds until retry_s has passed
+        parts.next_trial = 0.0  # retry_s has passed
+        for _ in range(8):
+            np.testing.assert_array_equal(parts(["y"], {"features": X}, None)[0], X[:, 0] * 2.0)
+        assert parts.kept is True
+        calls.clear()
+        parts(["y"], {"features": X}, None)
+        assert sorted(calls) == [128, 128]
