@@ -74,14 +74,19 @@ Session options, measured with ``tests/perf/bench_core.py --session-grid``
   rows/s on one thread, LOF 92k against 143k, the ensemble 31k against 63k,
   MCD 2.7M against 5.5M): idle workers spin, and in a scorer with several
   sessions one session's spinning worker takes the core from the next.
-  Parts gave IForest 477k against 278k at 4096 rows, KNN 316k against 236k,
+  One intra-op pool of two shared by all sessions (onnxruntime's global
+  thread pools) did not have that problem, but against parts it lost on the
+  ensemble (1.9-2.0 against 1.4-1.7 ms at 256 rows) and OCSVM, and it
+  changed the last bits of IForest's and the ensemble's scores (the trees'
+  sum split across threads).  Parts gave IForest 477k against 278k at 4096 rows, KNN 316k against 236k,
   COPOD 469k against 326k, the ensemble 132k against 91k; the hand-over to
   the second thread costs ~0.1 ms here (waking an idle core of the VM), so
   the cheap graphs never pay.  The parts must give the bits of one call
   (checked at load); whether they pay is timed on served batches, in turns
   that come back every minute (``parallel``, :class:`_Cut`): at load the
-  other core may be busy with something that passes.  In the service the second core decodes and produces (and runs the broker here),
-  so ``inference.threads = 0`` means one thread; at full load the service
+  other core may be busy with something that passes.  In the service the
+  second core decodes and produces (and runs the broker here), so
+  ``inference.threads = 0`` means one thread; at full load the service
   with ``threads: 2`` scored as many events as with one (IForest, 41-54k
   against 43-49k events/s, alternating runs), where two intra-op threads
   had lost (26k against 51k).
@@ -935,8 +940,9 @@ class _Cut:
     it to wake, ~0.1 ms on the reference VM, where back-to-back parts find
     it awake), and after ``trials`` of each the other way is kept where its
     median took at most ``gain`` of one call's (logged when the choice is new
-    or changes; ``decided`` is told); once kept, one run lets the session's arena shrink back from what
-    the one-call turns grew it to.  With ``retry_s`` the turns open again
+    or changes; ``decided`` is told); once kept, one run lets the session's
+    arena shrink back from what the one-call turns grew it to.  With
+    ``retry_s`` the turns open again
     that many seconds after each choice, so that the choice follows the
     machine (a second core that other processes keep busy now and then).
     Both ways give the same bits, so the served results do not depend on the
