@@ -78,8 +78,9 @@ Session options, measured with ``tests/perf/bench_core.py --session-grid``
   thread pools) did not have that problem, but against parts it lost on the
   ensemble (1.9-2.0 against 1.4-1.7 ms at 256 rows) and OCSVM, and it
   changed the last bits of IForest's and the ensemble's scores (the trees'
-  sum split across threads).  Parts gave IForest 477k against 278k at 4096 rows, KNN 316k against 236k,
-  COPOD 469k against 326k, the ensemble 132k against 91k; the hand-over to
+  sum split across threads).  Parts gave IForest 477k against 278k at 4096
+  rows, KNN 316k against 236k, COPOD 469k against 326k, the ensemble 132k
+  against 91k; the hand-over to
   the second thread costs ~0.1 ms here (waking an idle core of the VM), so
   the cheap graphs never pay.  The parts must give the bits of one call
   (checked at load); whether they pay is timed on served batches, in turns
@@ -366,9 +367,7 @@ class Scorer:
                         self._complete_c = run
         self._piece_rows = 0
         self._pieces_kept: dict[str, bool | None] = {}  # per run call (attribute): pieces kept, None on trial
-        self._parts_kept: dict[str, bool | None] = {}  # the same for parts
-        # Wrappers whose turns start once loaded: (attribute, wrapper, trials, the choices they report to).
-        self._cut_trials: list[tuple[str, _Cut, int, dict[str, bool | None]]] = []
+        self._cut_trials: list[tuple[_Cut, int]] = []  # wrappers whose turns start once loaded, and their trials
         if self._binding is None and pieces != "never":
             self._piece_rows = self._pieces_from(always=pieces == "always")
         self._parallel_rows = 0
@@ -384,8 +383,7 @@ class Scorer:
                 block = np.zeros((size, self._width), dtype=np.float32)
                 for _ in range(3):
                     self._run(block)
-        for attr, wrapper, trials, choices in self._cut_trials:  # the served batches decide, not the load's probes
-            choices[attr] = None
+        for wrapper, trials in self._cut_trials:  # the served batches decide, not the load's probe rows
             wrapper.take_turns(trials)
         log.info(
             "model %s loaded from %s on %s%s", self.ref, artifact.path, self.provider,
@@ -570,9 +568,9 @@ class Scorer:
             # batches take turns from the end of the load (see ``__init__``).
             wrapper = _Pieces(call, _PIECE_ROWS, _PIECE_FROM, ref=self.ref, decided=partial(self._pieces_decided, attr))
             setattr(self, attr, wrapper)
-            self._pieces_kept[attr] = True
+            self._pieces_kept[attr] = None if trials else True
             if trials:
-                self._cut_trials.append((attr, wrapper, trials, self._pieces_kept))
+                self._cut_trials.append((wrapper, trials))
         log.info("model %s: batches of %d rows or more are scored %s%s", self.ref, _PIECE_FROM, what,
                  f" where the first {2 * trials} such batches of each call find them faster" if trials else "")
         return _PIECE_FROM
@@ -617,19 +615,14 @@ class Scorer:
                 break
         start = chosen or _PARALLEL_FROM
         for attr, call in self._run_calls().items():
-            wrapper = _Parts(call, self._threads, start, pool, ref=self.ref,
-                             decided=partial(self._parts_decided, attr))
+            wrapper = _Parts(call, self._threads, start, pool, ref=self.ref)
             setattr(self, attr, wrapper)
-            self._parts_kept[attr] = True
             if not always:
-                self._cut_trials.append((attr, wrapper, _PARALLEL_TRIALS, self._parts_kept))
+                self._cut_trials.append((wrapper, _PARALLEL_TRIALS))
         log.info("model %s: batches of %d rows or more are scored %s%s", self.ref, start, what,
                  "" if always else f" where the served batches find them faster (turns every "
                  f"{_PARALLEL_RETRY_S:g} s)")
         return start
-
-    def _parts_decided(self, attr: str, parts: _Parts, kept: bool) -> None:
-        self._parts_kept[attr] = kept
 
     @property
     def piece_rows(self) -> int:
@@ -649,7 +642,8 @@ class Scorer:
     @property
     def parts_kept(self) -> bool | None:
         """Whether a complete batch's call keeps its parts (None: taking turns, or no parts)."""
-        return self._parts_kept.get(self._feature_calls()[0][0])
+        call = getattr(self, self._feature_calls()[0][0])
+        return call.kept if isinstance(call, _Parts) else None
 
     @property
     def complete_batches_skip_imputation(self) -> bool:
@@ -942,9 +936,9 @@ class _Cut:
     median took at most ``gain`` of one call's (logged when the choice is new
     or changes; ``decided`` is told); once kept, one run lets the session's
     arena shrink back from what the one-call turns grew it to.  With
-    ``retry_s`` the turns open again
-    that many seconds after each choice, so that the choice follows the
-    machine (a second core that other processes keep busy now and then).
+    ``retry_s`` the turns open again that many seconds after each choice, so
+    that the choice follows the machine (a second core that other processes
+    keep busy now and then).
     Both ways give the same bits, so the served results do not depend on the
     turn a batch falls on.
     """

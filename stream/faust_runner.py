@@ -50,7 +50,7 @@ from typing import Any, Self
 from stream.alerts import AlertFilter
 from stream.batching import split_batches
 from stream.errors import ConfigError
-from stream.kafka import KafkaRunner, LiveModel, RecordSink, ScoredHook
+from stream.kafka import FETCH_BYTES, KafkaRunner, LiveModel, RecordSink, ScoredHook
 from stream.metrics import Metrics
 
 __all__ = ["FaustRunner"]
@@ -114,7 +114,6 @@ class FaustRunner:
         self.group_id = group_id
         self.max_batch = max_batch
         self.within_s = max(max_latency_ms, 1.0) / 1000.0
-        self.fetch_wait_ms = max(1, int(max_latency_ms))  # as the aiokafka runner's consumer
         self.partitions = partitions
         self.client = dict(client or {})
         self.publisher = _Publisher(
@@ -152,10 +151,10 @@ class FaustRunner:
             consumer_auto_offset_reset="earliest", topic_partitions=self.partitions,
             broker_commit_interval=1.0, broker_session_timeout=_SESSION_TIMEOUT_S, producer_acks=-1,
             stream_buffer_maxsize=max(4096, 4 * self.max_batch), broker_max_poll_records=max(500, self.max_batch),
-            consumer_max_fetch_size=4 << 20, autodiscover=False, loghandlers=[],
+            consumer_max_fetch_size=FETCH_BYTES, autodiscover=False, loghandlers=[],
             broker_credentials=_credentials(self.client),
         )
-        app.transport = _transport(self.fetch_wait_ms)(app.conf.broker_consumer, app)
+        app.transport = _transport(self.publisher.fetch_wait_ms)(app.conf.broker_consumer, app)
         topic = app.topic(*self.input_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                           value_serializer="raw")
         publisher, max_batch = self.publisher, self.max_batch

@@ -76,6 +76,9 @@ from stream.records import dlq_record, dumps, score_records
 __all__ = ["KafkaRunner", "LiveModel", "RecordSink", "ScoredHook", "tail_control"]
 
 log = logging.getLogger(__name__)
+# The input consumers' fetch size per partition (the docstring's "Batch sizes"; the faust runner's and the
+# trainer's window reader take it too).
+FETCH_BYTES = 4 << 20
 
 RecordSink = Callable[[str, list[dict[str, Any]]], None]
 ScoredHook = Callable[[DecodedBatch, ScoredBatch, dict[TopicPartition, int]], None]
@@ -179,10 +182,10 @@ class KafkaRunner:
         self.on_alerts = on_alerts
         self.input_topics = tuple(input_topics)
         self.group_id = group_id
-        wait_ms = max(1, int(max_latency_ms))
+        self.fetch_wait_ms = max(1, int(max_latency_ms))
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=wait_ms, max_partition_fetch_bytes=4 << 20,
+            auto_offset_reset="earliest", fetch_max_wait_ms=self.fetch_wait_ms, max_partition_fetch_bytes=FETCH_BYTES,
             client_id="anomstream", **(client or {}),
         )
         self._producer = AIOKafkaProducer(

@@ -64,6 +64,7 @@ from stream.broker import client_options, ensure_topics
 from stream.control import control_event
 from stream.core import Scorer
 from stream.decoding import EventDecoder
+from stream.kafka import FETCH_BYTES
 from stream.settings import Settings
 
 __all__ = ["MAX_GAP", "MIN_GAIN", "TRAIN_FRACTION", "Trainer", "Verdict", "judge", "read_window"]
@@ -139,7 +140,7 @@ async def read_window(
     ``client``: the connection's security options (:func:`stream.broker.client_options`).
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=100, max_partition_fetch_bytes=4 << 20, client_id="anomstream-trainer",
+                                fetch_max_wait_ms=100, max_partition_fetch_bytes=FETCH_BYTES, client_id="anomstream-trainer",
                                 **(client or {}))
     await consumer.start()
     out: list[tuple[float, bytes]] = []
