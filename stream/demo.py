@@ -6,6 +6,11 @@ synthetic events (1% anomalies, a mean shift halfway through) at a steady
 rate, prints the dashboard URL (the service's WebSocket server) and a
 one-line summary every second read back from the scores topic: events/s,
 anomalies, event-to-record latency p50/p99, the model.
+
+When the duration ends (or on Ctrl-C) the producer stops first and the
+summary keeps reading until a score record has come back for every event
+offered (by event id), or until no new record has come for
+:data:`DRAIN_IDLE_S` seconds; the last line says which.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ __all__ = ["run_demo"]
 
 N_FEATURES = 8
 SEED = 7
+#: After the producer stops, how long the summary waits for a new score record before it gives up.
+DRAIN_IDLE_S = 5.0
 
 
 def _ensure_model(registry: Path, name: str) -> None:
@@ -92,30 +99,52 @@ async def _produce(bootstrap: str, rate: int, stop: asyncio.Event, counts: dict[
         await producer.stop()
 
 
-async def _summarise(bootstrap: str, stop: asyncio.Event, counts: dict[str, int], metrics_port: int) -> None:
-    from aiokafka import AIOKafkaConsumer
+async def _summarise(
+    bootstrap: str, stop: asyncio.Event, drain: asyncio.Event, ready: asyncio.Event, counts: dict[str, int]
+) -> None:
+    """Print a line a second from the scores topic; after ``drain``, read until every event offered is scored."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer("scores", bootstrap_servers=bootstrap, auto_offset_reset="latest",
-                                fetch_max_wait_ms=50, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=50, group_id=None)
     await consumer.start()
+    await consumer.topics()  # fresh metadata: the demo has just created the topic
+    parts = [TopicPartition("scores", p) for p in sorted(consumer.partitions_for_topic("scores") or ())]
+    if not parts:
+        raise StreamError("the scores topic has no partitions on the broker")
+    consumer.assign(parts)
+    await consumer.seek_to_end(*parts)
+    for tp in parts:  # fix the start at the current end, before the producer sends anything
+        await consumer.position(tp)
+    ready.set()
     window: deque[float] = deque(maxlen=20000)
-    n = anomalies = last_n = last_anomalies = 0
+    seen = bytearray()  # one flag per event id offered in this run
+    n = distinct = anomalies = last_n = last_anomalies = 0
     model = "?"
     last = time.monotonic()
     started = last
+    idle_since: float | None = None
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             now = time.time()
+            got = 0
             for msgs in batch.values():
                 for m in msgs:
                     rec = orjson.loads(m.value)
                     n += 1
+                    got += 1
                     anomalies += rec["anomaly"]
                     model = rec["model"]
                     ts = rec.get("ts")
                     if isinstance(ts, float):
                         window.append((now - ts) * 1000.0)
+                    ident = rec.get("id")
+                    if isinstance(ident, int) and ident >= 0:
+                        if ident >= len(seen):
+                            seen.extend(bytes(ident + 1 - len(seen) + 4096))
+                        if not seen[ident]:
+                            seen[ident] = 1
+                            distinct += 1
             mono = time.monotonic()
             if mono - last >= 1.0:
                 p50, p99 = np.percentile(np.array(window), [50, 99]) if window else (np.nan, np.nan)
@@ -125,7 +154,15 @@ async def _summarise(bootstrap: str, stop: asyncio.Event, counts: dict[str, int]
                       f"p99 {p99:6.1f} ms  model {model}", flush=True)
                 window.clear()
                 last, last_n, last_anomalies = mono, n, anomalies
+            if drain.is_set():
+                sent = counts.get("sent", 0)
+                if distinct >= sent and sum(seen[:sent]) == sent:
+                    break
+                idle_since = None if got else (idle_since or mono)
+                if idle_since is not None and mono - idle_since >= DRAIN_IDLE_S:
+                    break
         counts["scored"] = n
+        counts["scored_offered"] = sum(seen[: counts.get("sent", 0)])
         counts["anomalies"] = anomalies
     finally:
         await consumer.stop()
@@ -162,9 +199,17 @@ def run_demo(*, duration_s: float | None, rate: int, registry: Path, name: str =
         print(f"service: pid {service.pid}, metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
         print(f"dashboard: http://127.0.0.1:{ws_port}/  (live scores, anomalies, drift and model events)", flush=True)
         counts: dict[str, int] = {}
-        asyncio.run(_demo_loop(bootstrap, rate, duration_s, counts, metrics_port, service))
-        print(f"done: {counts.get('sent', 0)} events offered ({counts.get('injected', 0)} injected anomalies), "
-              f"{counts.get('scored', 0)} score records read, {counts.get('anomalies', 0)} flagged", flush=True)
+        asyncio.run(_demo_loop(bootstrap, rate, duration_s, counts, service))
+        sent, scored = counts.get("sent", 0), counts.get("scored_offered", 0)
+        if scored == sent:
+            outcome = "every one scored"
+        elif counts.get("interrupted"):
+            outcome = f"interrupted: {sent - scored} not read back"
+        else:
+            outcome = f"{sent - scored} not scored within {DRAIN_IDLE_S:.0f} s of the last score record"
+        print(f"done: {sent} events offered ({counts.get('injected', 0)} injected anomalies), "
+              f"{counts.get('scored', 0)} score records read, {scored} of the offered events scored "
+              f"({outcome}), {counts.get('anomalies', 0)} flagged", flush=True)
     finally:
         if service is not None and service.poll() is None:
             service.send_signal(signal.SIGTERM)
@@ -178,23 +223,41 @@ def run_demo(*, duration_s: float | None, rate: int, registry: Path, name: str =
 
 
 async def _demo_loop(bootstrap: str, rate: int, duration_s: float | None, counts: dict[str, int],
-                     metrics_port: int, service: subprocess.Popen[bytes]) -> None:
-    stop = asyncio.Event()
+                     service: subprocess.Popen[bytes]) -> None:
+    stop = asyncio.Event()  # the producer stops
+    drain = asyncio.Event()  # the summary reads what is still on its way, then stops
+    halt = asyncio.Event()  # Ctrl-C, or the service died: the summary stops at once
+    ready = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def interrupt() -> None:
+        # A terminal's Ctrl-C reaches the whole process group, the broker and the service included: no drain.
+        counts["interrupted"] = 1
+        stop.set()
+        halt.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, interrupt)
     drift_at = (duration_s or 120.0) / 2
-    tasks = [
-        asyncio.create_task(_produce(bootstrap, rate, stop, counts, drift_at)),
-        asyncio.create_task(_summarise(bootstrap, stop, counts, metrics_port)),
-    ]
+    summary = asyncio.create_task(_summarise(bootstrap, halt, drain, ready, counts))
+    waiting = asyncio.create_task(ready.wait())
+    await asyncio.wait({waiting, summary}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():  # the summary failed before it could read
+        waiting.cancel()
+        await summary
+        return
+    producer = asyncio.create_task(_produce(bootstrap, rate, stop, counts, drift_at))
     t0 = time.monotonic()
-    while not stop.is_set():
+    while not summary.done():
         await asyncio.sleep(0.2)
-        if service.poll() is not None:
+        if service.poll() is not None and not halt.is_set():
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            halt.set()
+            await asyncio.gather(producer, summary, return_exceptions=True)
             raise StreamError(f"the service exited with code {service.returncode}")
         if duration_s is not None and time.monotonic() - t0 >= duration_s:
             stop.set()
-    await asyncio.gather(*tasks)
+        if stop.is_set() and not drain.is_set() and not halt.is_set():
+            await producer  # every event offered is with the broker before the count is final
+            drain.set()
+    await asyncio.gather(producer, summary)
