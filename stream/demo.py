@@ -7,10 +7,11 @@ rate, prints the dashboard URL (the service's WebSocket server) and a
 one-line summary every second read back from the scores topic: events/s,
 anomalies, event-to-record latency p50/p99, the model.
 
-When the duration ends (or on Ctrl-C) the producer stops first and the
-summary keeps reading until a score record has come back for every event
-offered (by event id), or until no new record has come for
-:data:`DRAIN_IDLE_S` seconds; the last line says which.
+When the duration ends the producer stops first and the summary keeps
+reading until a score record has come back for every event offered (by
+event id), or until no new record has come for :data:`DRAIN_IDLE_S`
+seconds; the last line says which.  Ctrl-C stops everything at once (from
+a terminal it reaches the broker and the service too).
 """
 
 from __future__ import annotations
