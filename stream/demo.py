@@ -1,11 +1,18 @@
 """``anomstream demo``: the whole product on embedded defaults.
 
 Starts the embedded broker, trains a first model on generated data when the
-registry has none, runs ``anomstream serve`` as a child process, offers
-synthetic events (1% anomalies, a mean shift halfway through) at a steady
-rate, prints the dashboard URL (the service's WebSocket server) and a
-one-line summary every second read back from the scores topic: events/s,
-anomalies, event-to-record latency p50/p99, the model.
+registry has none, runs ``anomstream serve`` and ``anomstream trainer`` as
+child processes, offers synthetic events (1% anomalies, a mean shift halfway
+through) at a steady rate, prints the dashboard URL (the service's WebSocket
+server) and a one-line summary every second read back from the scores topic:
+events/s, anomalies, event-to-record latency p50/p99, the model.  The control
+topic's events are printed as they come: the shift is detected, a retrain is
+requested, the trainer trains and validates a candidate on the shifted
+events, and the service swaps to it without losing an event (the retraining
+settings are shortened for the demo: :data:`DEMO_RETRAIN`).  A registry whose
+served model came from such a retrain goes back to the newest version trained
+on the generator's unshifted rows first, so each demo starts from the same
+place.
 
 When the duration ends the producer stops first and the summary keeps
 reading until a score record has come back for every event offered (by
@@ -25,6 +32,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -37,15 +45,28 @@ __all__ = ["run_demo"]
 
 N_FEATURES = 8
 SEED = 7
+CONTROL_TOPIC = "anomstream.control"  # the default kafka.control_topic, which the demo keeps
 #: After the producer stops, how long the summary waits for a new score record before it gives up.
 DRAIN_IDLE_S = 5.0
+#: The demo's drift and retraining settings: a retrain ~2 s after a detection, trained within 8 s.
+DEMO_RETRAIN = (
+    "drift: {warmup_events: 4000, cooldown_events: 4000,\n"
+    "        retrain: {min_interval_s: 20, budget_s: 8, min_events: 4000, window_events: 16000}}\n"
+)
 
 
 def _ensure_model(registry: Path, name: str) -> None:
     from models.registry import Registry
 
-    if Registry(registry).current(name) is not None:
-        print(f"model: using {name}@{Registry(registry).current(name)} from {registry}", flush=True)
+    reg = Registry(registry)
+    current = reg.current(name)
+    if current is not None:
+        manual = [v for v in reg.versions(name) if reg.load(f"{name}@{v}").card.lineage.get("trigger") == "manual"]
+        if manual and current not in manual:
+            reg.promote(name, manual[-1], reason="rollback")
+            print(f"model: {name}@{current} came from a retrain; the demo starts from {name}@{manual[-1]}", flush=True)
+            current = manual[-1]
+        print(f"model: using {name}@{current} from {registry}", flush=True)
         return
     import optuna
 
@@ -100,17 +121,42 @@ async def _produce(bootstrap: str, rate: int, stop: asyncio.Event, counts: dict[
         await producer.stop()
 
 
+def _describe(ev: dict[str, Any]) -> str:
+    """One line for a control event."""
+    kind, model = ev.get("type"), ev.get("model")
+    if kind == "drift":
+        on = f" in {', '.join(ev['features'])}" if ev.get("features") else ""
+        return f"control: drift detected on the {ev.get('signal')} signal{on} after {ev.get('events')} events ({model})"
+    if kind == "retrain_requested":
+        return f"control: retrain requested by {model} ({ev.get('trigger')}), on the events since the detection"
+    if kind == "retrain_finished":
+        took = f" after {ev['duration_s']:.1f} s" if isinstance(ev.get("duration_s"), int | float) else ""
+        if ev.get("status") == "failed":
+            return f"control: retrain failed{took}: {ev.get('error')}"
+        return f"control: retrain finished{took}: candidate {ev.get('candidate')} {ev.get('status')}"
+    if kind == "model_promoted":
+        return f"control: {model} promoted over {ev.get('previous')}; the service swaps to it between two batches"
+    if kind == "model_rejected":
+        return f"control: {model} rejected ({ev.get('reason')}); {ev.get('champion')} stays"
+    return f"control: {kind} ({model})"
+
+
 async def _summarise(
-    bootstrap: str, stop: asyncio.Event, drain: asyncio.Event, ready: asyncio.Event, counts: dict[str, int]
+    bootstrap: str, stop: asyncio.Event, drain: asyncio.Event, ready: asyncio.Event, counts: dict[str, int],
+    by_model: dict[str, int],
 ) -> None:
-    """Print a line a second from the scores topic; after ``drain``, read until every event offered is scored."""
+    """Print a line a second from the scores topic and each control event as it comes.
+
+    After ``drain``, read until every event offered is scored.
+    """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=50, group_id=None)
     await consumer.start()
-    await consumer.topics()  # fresh metadata: the demo has just created the topic
-    parts = [TopicPartition("scores", p) for p in sorted(consumer.partitions_for_topic("scores") or ())]
-    if not parts:
+    await consumer.topics()  # fresh metadata: the demo has just created the topics
+    parts = [TopicPartition(topic, p) for topic in ("scores", CONTROL_TOPIC)
+             for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if not any(tp.topic == "scores" for tp in parts):
         raise StreamError("the scores topic has no partitions on the broker")
     consumer.assign(parts)
     await consumer.seek_to_end(*parts)
@@ -129,10 +175,15 @@ async def _summarise(
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             now = time.time()
             got = 0
-            for msgs in batch.values():
+            for tp, msgs in batch.items():
+                if tp.topic == CONTROL_TOPIC:
+                    for m in msgs:
+                        print(_describe(orjson.loads(m.value)), flush=True)
+                    continue
                 for m in msgs:
                     rec = orjson.loads(m.value)
                     n += 1
+                    by_model[rec["model"]] = by_model.get(rec["model"], 0) + 1
                     got += 1
                     anomalies += rec["anomaly"]
                     model = rec["model"]
@@ -190,17 +241,23 @@ def run_demo(*, duration_s: float | None, rate: int, registry: Path, name: str =
             f"metrics: {{port: {metrics_port}}}\n"
             f"websocket: {{enabled: true, host: 127.0.0.1, port: {ws_port}}}\n"
             "alerts: {min_severity: medium, cooldown_s: 10}\n"
+            + DEMO_RETRAIN
         )
     service: subprocess.Popen[bytes] | None = None
+    trainer: subprocess.Popen[bytes] | None = None
     try:
         asyncio.run(ensure_topics(bootstrap, {"events": 4, "scores": 4, "anomalies": 4, "events.dlq": 4,
-                                              "anomstream.control": 4}))
+                                              CONTROL_TOPIC: 4}))
         service = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--config", cfg.name,
                                     "--log-level", "WARNING"])
         print(f"service: pid {service.pid}, metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
+        trainer = subprocess.Popen([sys.executable, "-m", "stream", "trainer", "--config", cfg.name,
+                                    "--log-level", "WARNING"])
+        print(f"trainer: pid {trainer.pid}, retrains on the control topic's requests", flush=True)
         print(f"dashboard: http://127.0.0.1:{ws_port}/  (live scores, anomalies, drift and model events)", flush=True)
         counts: dict[str, int] = {}
-        asyncio.run(_demo_loop(bootstrap, rate, duration_s, counts, service))
+        by_model: dict[str, int] = {}
+        asyncio.run(_demo_loop(bootstrap, rate, duration_s, counts, by_model, service))
         sent, scored = counts.get("sent", 0), counts.get("scored_offered", 0)
         if scored == sent:
             outcome = "every one scored"
@@ -210,21 +267,25 @@ def run_demo(*, duration_s: float | None, rate: int, registry: Path, name: str =
             outcome = f"{sent - scored} not scored within {DRAIN_IDLE_S:.0f} s of the last score record"
         print(f"done: {sent} events offered ({counts.get('injected', 0)} injected anomalies), "
               f"{counts.get('scored', 0)} score records read, {scored} of the offered events scored "
-              f"({outcome}), {counts.get('anomalies', 0)} flagged", flush=True)
+              f"({outcome}), {counts.get('anomalies', 0)} flagged; scored by "
+              + ", ".join(f"{ref} ({k})" for ref, k in by_model.items()), flush=True)
     finally:
-        if service is not None and service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                service.kill()
+        for child in (trainer, service):
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in (trainer, service):
+            if child is not None:
+                try:
+                    child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
         os.unlink(cfg.name)
         if broker is not None:
             broker.stop()
 
 
 async def _demo_loop(bootstrap: str, rate: int, duration_s: float | None, counts: dict[str, int],
-                     service: subprocess.Popen[bytes]) -> None:
+                     by_model: dict[str, int], service: subprocess.Popen[bytes]) -> None:
     stop = asyncio.Event()  # the producer stops
     drain = asyncio.Event()  # the summary reads what is still on its way, then stops
     halt = asyncio.Event()  # Ctrl-C, or the service died: the summary stops at once
@@ -240,7 +301,7 @@ async def _demo_loop(bootstrap: str, rate: int, duration_s: float | None, counts
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
     drift_at = (duration_s or 120.0) / 2
-    summary = asyncio.create_task(_summarise(bootstrap, halt, drain, ready, counts))
+    summary = asyncio.create_task(_summarise(bootstrap, halt, drain, ready, counts, by_model))
     waiting = asyncio.create_task(ready.wait())
     await asyncio.wait({waiting, summary}, return_when=asyncio.FIRST_COMPLETED)
     if not ready.is_set():  # the summary failed before it could read
