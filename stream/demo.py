@@ -151,6 +151,8 @@ async def _summarise(
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from stream.kafka import stop_consumer
+
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=50, group_id=None)
     await consumer.start()
     await consumer.topics()  # fresh metadata: the demo has just created the topics
@@ -217,7 +219,7 @@ async def _summarise(
         counts["scored_offered"] = sum(seen[: counts.get("sent", 0)])
         counts["anomalies"] = anomalies
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 def run_demo(*, duration_s: float | None, rate: int, registry: Path, name: str = "default") -> None:

@@ -73,7 +73,7 @@ from stream.decoding import DecodedBatch, EventDecoder
 from stream.metrics import Metrics
 from stream.records import dlq_record, dumps, score_records
 
-__all__ = ["KafkaRunner", "LiveModel", "RecordSink", "ScoredHook", "tail_control"]
+__all__ = ["KafkaRunner", "LiveModel", "RecordSink", "ScoredHook", "stop_consumer", "tail_control"]
 
 log = logging.getLogger(__name__)
 # The input consumers' fetch size per partition (the docstring's "Batch sizes"; the faust runner's and the
@@ -219,7 +219,7 @@ class KafkaRunner:
             if et is None or et is asyncio.CancelledError:
                 await self.drain()
         finally:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
             await self._producer.stop()
 
     async def run(self, stop: asyncio.Event, *, stop_after: int | None = None) -> None:
@@ -379,6 +379,25 @@ class KafkaRunner:
 
 
 
+async def stop_consumer(consumer: Any) -> None:
+    """``consumer.stop()``, also when the broker has gone away.
+
+    With the broker gone, aiokafka's fetcher waits out a retry back-off
+    between failed fetches, and ``stop()`` cancels that wait and re-raises
+    the cancellation as its own (aiokafka issue #647): a process stopping
+    because its broker died (a terminal's Ctrl-C reaches the embedded broker
+    too) would end in a traceback.  That cancellation is absorbed here; one
+    aimed at the calling task is not.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("the consumer's fetcher was cancelled while the broker was away")
+
+
 async def tail_control(bootstrap: str, topic: str, sink: RecordSink, stop: asyncio.Event, *,
                        client: Mapping[str, Any] | None = None) -> None:
     """Forward control-topic events (drift, retraining, promotions) to ``sink("control", ...)``.
@@ -410,4 +429,4 @@ async def tail_control(bootstrap: str, topic: str, sink: RecordSink, stop: async
             if events:
                 sink("control", events)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)

@@ -64,7 +64,7 @@ from stream.broker import client_options, ensure_topics
 from stream.control import control_event
 from stream.core import Scorer
 from stream.decoding import EventDecoder
-from stream.kafka import FETCH_BYTES
+from stream.kafka import FETCH_BYTES, stop_consumer
 from stream.settings import Settings
 
 __all__ = ["MAX_GAP", "MIN_GAIN", "TRAIN_FRACTION", "Trainer", "Verdict", "judge", "read_window"]
@@ -169,7 +169,7 @@ async def read_window(
                 if (high is not None and pos >= high) or (high is None and pos >= ends[tp] and not fetched):
                     done.add(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     out.sort(key=lambda r: r[0])
     return out[-window:]
 
@@ -243,7 +243,7 @@ class Trainer:
                 if fetched:
                     await consumer.commit()
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
             await producer.stop()
 
     async def handle(self, request: Mapping[str, Any]) -> list[dict[str, Any]]:
