@@ -377,8 +377,6 @@ class KafkaRunner:
                 gauge.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - msgs[-1].offset - 1))
 
 
-
-
 async def stop_consumer(consumer: Any) -> None:
     """``consumer.stop()``, also when the broker has gone away.
 
