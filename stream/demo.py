@@ -39,13 +39,14 @@ import orjson
 
 from stream.broker import DEFAULT_PORT, EmbeddedBroker, ensure_topics, port_open
 from stream.errors import StreamError
+from stream.settings import KafkaSettings
 from stream.synthetic import SyntheticStream
 
 __all__ = ["run_demo"]
 
 N_FEATURES = 8
 SEED = 7
-CONTROL_TOPIC = "anomstream.control"  # the default kafka.control_topic, which the demo keeps
+CONTROL_TOPIC = KafkaSettings().control_topic  # the demo keeps the default
 #: After the producer stops, how long the summary waits for a new score record before it gives up.
 DRAIN_IDLE_S = 5.0
 #: The demo's drift and retraining settings: a retrain ~2 s after a detection, trained within 8 s.
@@ -167,7 +168,7 @@ async def _summarise(
     ready.set()
     window: deque[float] = deque(maxlen=20000)
     seen = bytearray()  # one flag per event id offered in this run
-    n = distinct = anomalies = last_n = last_anomalies = 0
+    n = anomalies = last_n = last_anomalies = 0
     model = "?"
     last = time.monotonic()
     started = last
@@ -196,9 +197,7 @@ async def _summarise(
                     if isinstance(ident, int) and ident >= 0:
                         if ident >= len(seen):
                             seen.extend(bytes(ident + 1 - len(seen) + 4096))
-                        if not seen[ident]:
-                            seen[ident] = 1
-                            distinct += 1
+                        seen[ident] = 1
             mono = time.monotonic()
             if mono - last >= 1.0:
                 p50, p99 = np.percentile(np.array(window), [50, 99]) if window else (np.nan, np.nan)
@@ -210,7 +209,7 @@ async def _summarise(
                 last, last_n, last_anomalies = mono, n, anomalies
             if drain.is_set():
                 sent = counts.get("sent", 0)
-                if distinct >= sent and sum(seen[:sent]) == sent:
+                if sum(seen[:sent]) == sent:
                     break
                 idle_since = None if got else (idle_since or mono)
                 if idle_since is not None and mono - idle_since >= DRAIN_IDLE_S:
