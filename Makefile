@@ -13,7 +13,7 @@ ADBENCH_BUDGET ?= 6
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile hatch_build.py stream/_native/neighbours.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/perf/adbench.py --budget $(ADBENCH_BUDGET)
 
 lint: $(STAMP)
-	$(BIN)/ruff check stream models training tests
+	$(BIN)/ruff check stream models training tests hatch_build.py
 	$(BIN)/mypy stream models training
 
 clean:

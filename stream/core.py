@@ -126,6 +126,8 @@ from models.artifact import Artifact, Card
 from models.calibration import SEVERITIES
 from stream import serving_graph
 from stream.errors import ScoringError
+from stream.native import NeighbourSplit
+from stream.native import available as native_available
 
 __all__ = ["TOP_K", "ScoredBatch", "Scorer", "choose_providers"]
 
@@ -253,9 +255,11 @@ class Scorer:
         contributions: Literal["auto", "all", "alerting", "handover"] = "auto",
         imputation: Literal["auto", "always", "skip"] = "auto",
         max_batch: int = 0, parallel: Literal["auto", "always", "never"] = "auto",
-        pieces: Literal["auto", "always", "never"] = "auto",
+        pieces: Literal["auto", "always", "never"] = "auto", native: Literal["auto", "never"] = "auto",
     ) -> None:
         self.artifact = artifact
+        self._native = native != "never" and native_available()
+        self._splits: list[NeighbourSplit] = []
         self.card: Card = artifact.card
         self.ref = self.card.ref
         self.features = self.card.features
@@ -342,6 +346,9 @@ class Scorer:
                 # It replaces the artifact's session, so the weights are held once.
                 self._session = self._cpu_session(model, "graph with fused affine steps")
                 self._bind_session()
+            split = self._split(model, "graph", _c_session(self._session))
+            if split is not None:
+                self._run_c = split.run
             if contributions != "all":
                 # onnxruntime runs every node of a graph whatever the outputs asked for, so the
                 # score alone runs in a second session on the graph pruned to the score's nodes.
@@ -400,9 +407,31 @@ class Scorer:
             raise ScoringError(f"model {self.ref!r}: {what}: {' '.join(str(exc).split())}") from None
 
     def _session_from(self, model: Any, what: str) -> Any:
-        """A CPU session on an in-memory graph, the C one (no per-call input validation)."""
-        session = self._cpu_session(model, what)
-        return getattr(session, "_sess", session)
+        """A CPU session on an in-memory graph, the C one (no per-call input validation).
+
+        Graphs with a neighbour search run it compiled where it can
+        (:mod:`stream.native`).
+        """
+        whole = _c_session(self._cpu_session(model, what))
+        split = self._split(model, what, whole)
+        return whole if split is None else split
+
+    def _split(self, model: Any, what: str, whole: Any) -> NeighbourSplit | None:
+        """``model`` as head, compiled neighbour searches and tail (:mod:`stream.native`), or None."""
+        if not self._native:
+            return None
+        cut = serving_graph.neighbour_cut(model)
+        if cut is None:
+            return None
+        split = NeighbourSplit(cut, lambda part: _c_session(self._cpu_session(part, what)), whole)
+        self._splits.append(split)
+        log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))
+        return split
+
+    @property
+    def native_searches(self) -> int:
+        """How many of the core's graphs run their neighbour search compiled (:mod:`stream.native`)."""
+        return len(self._splits)
 
     def _race(self, *trials: Callable[[], object]) -> list[float]:
         """Seconds per call of each trial: the best of interleaved rounds (load-time decisions).
@@ -917,6 +946,11 @@ _FAR_OUT = 30.0  # load-time probe rows: the far rows' distance from the medians
 
 
 @cache
+def _c_session(session: ort.InferenceSession) -> Any:
+    """The C session under an ``InferenceSession``: its run skips the per-call input validation."""
+    return getattr(session, "_sess", session)
+
+
 def _workers(n: int) -> ThreadPoolExecutor:
     """``n`` threads shared by all scorers cutting batches into ``n + 1`` parts (the caller scores one)."""
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="anomstream-score")

@@ -32,14 +32,17 @@ imported, at load.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "TOP_INDEX", "TOP_SHARE", "contribution_handover", "cuda_capturable", "fused_affine", "pruned", "top_contributions",
+    "TOP_INDEX", "TOP_SHARE", "NeighbourCut", "NeighbourSearch", "contribution_handover", "cuda_capturable",
+    "fused_affine", "neighbour_cut", "pruned", "top_contributions",
     "with_inputs", "with_outputs", "without_imputation",
 ]
 
@@ -390,3 +393,169 @@ def with_outputs(model: Any, names: list[str]) -> Any:
     model = _copy(model)
     model.graph.output.extend([_copy(info[n]) for n in names])
     return model
+
+
+_CANDIDATES = re.compile(r"(^|[_/.])candidates(_\d+)?$")
+_SEARCH_OPS = frozenset({"Pad", "MatMul", "Reshape", "ReduceMin", "TopK", "Unsqueeze", "GatherND",
+                         "ReduceMax", "Abs", "Mul", "Add", "Min", "Div", "GatherElements", "Mod"})
+
+
+@dataclass(frozen=True)
+class NeighbourSearch:
+    """One neighbour-candidate search of a graph (:func:`neighbour_cut`), as :mod:`stream.native` runs it.
+
+    The nodes from ``Pad(x)`` to ``output`` compute, for each row of ``x``
+    [N, D] (float32, centred), the ``kk`` columns of smallest float32 product
+    ``[x - center, 1] @ weights`` (``center`` zero) (weights [D + 1, width], width a multiple
+    of 64), as int64 [N, kk] (``models.zoo.neighbours``).
+    """
+
+    x: str
+    center: NDArray[np.float32]
+    weights: NDArray[np.float32]
+    kk: int
+    output: str
+
+
+@dataclass(frozen=True)
+class NeighbourCut:
+    """A graph cut around its neighbour searches: ``head`` (None where nothing precedes them), the
+    searches, and ``tail`` reading the head's ``head_outputs`` and the searches' outputs."""
+
+    head: Any
+    head_outputs: list[str]
+    searches: list[NeighbourSearch]
+    tail: Any
+    tail_inputs: list[str]
+    outputs: list[str]
+
+
+def neighbour_cut(model: Any) -> NeighbourCut | None:
+    """``model`` cut around its grouped neighbour-candidate searches, or None where it has none.
+
+    A search is found by its output's name (``candidates``, as
+    :meth:`models.zoo.neighbours.ReferenceSet.onnx_nearest` names it, with
+    any prefix an ensemble gives) and checked by its shape: the nodes behind
+    that output, back to the ``Pad`` appending a one to the centred rows,
+    are the grouped search's operators only, hold one ``MatMul`` by a
+    float32 constant ``[D + 1, width]`` (width a multiple of 64), one
+    ``ReduceMin`` and ``TopK`` nodes all keeping the same constant ``kk``,
+    and feed nothing else.  Anything else leaves the graph whole.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in _inputs_of(node):
+            readers.setdefault(name, []).append(node)
+    searches: list[NeighbourSearch] = []
+    cut: set[int] = set()
+    for node in graph.node:
+        out = node.output[0] if node.output else ""
+        if node.op_type != "Add" or not _CANDIDATES.search(out):
+            continue
+        found = _search_behind(out, producer, consts, readers, numpy_helper)
+        if found is None:
+            continue
+        search, nodes = found
+        searches.append(search)
+        cut |= {id(n) for n in nodes}
+    if not searches:
+        return None
+    rest = [n for n in graph.node if id(n) not in cut]
+    rest_producer = {o: n for n in rest for o in n.output}
+    head_ids: set[int] = set()
+    stack = [rest_producer[s.x] for s in searches if s.x in rest_producer]
+    while stack:
+        node = stack.pop()
+        if id(node) in head_ids:
+            continue
+        head_ids.add(id(node))
+        stack.extend(rest_producer[i] for i in _inputs_of(node) if i in rest_producer)
+    head_nodes = [n for n in rest if id(n) in head_ids]
+    tail_nodes = [n for n in rest if id(n) not in head_ids]
+    graph_inputs = [i.name for i in graph.input]
+    outputs = [o.name for o in graph.output]
+    head_made = {o for n in head_nodes for o in n.output}
+    searched = {s.output for s in searches}
+    tail_reads = set().union(*(_inputs_of(n) for n in tail_nodes)) if tail_nodes else set()
+    tail_inputs = [name for name in [*graph_inputs, *sorted(head_made), *sorted(searched)]
+                   if name in tail_reads and name not in consts]
+    head_outputs = sorted({s.x for s in searches if s.x in head_made}
+                          | {n for n in tail_inputs if n in head_made} | (head_made & set(outputs)))
+    info = _tensor_infos(model)
+    head = None
+    if head_nodes:
+        head = _copy(model)
+        _set_nodes(head.graph, head_nodes)
+        del head.graph.output[:]
+        head.graph.output.extend([_copy(info[n]) for n in head_outputs])
+        _drop_unused_initializers(head.graph)
+    tail = _copy(model)
+    _set_nodes(tail.graph, tail_nodes)
+    del tail.graph.input[:]
+    tail.graph.input.extend([_copy(info[n]) for n in tail_inputs])
+    tail_made = {o for n in tail_nodes for o in n.output}
+    kept = [_copy(o) for o in graph.output if o.name in tail_made]
+    del tail.graph.output[:]
+    tail.graph.output.extend(kept)
+    _drop_unused_initializers(tail.graph)
+    return NeighbourCut(head, head_outputs, searches, tail, tail_inputs, outputs)
+
+
+def _search_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], readers: dict[str, list[Any]],
+                   numpy_helper: Any) -> tuple[NeighbourSearch, list[Any]] | None:
+    """The grouped search ending at ``out`` and its nodes, or None where the nodes behind it are not one.
+
+    The search starts at the ``Pad`` appending a one to the centred rows
+    (whether the centring is a ``Sub`` or, after :func:`fused_affine`, part of
+    a ``BatchNormalization``, it stays in the head).
+    """
+    nodes: list[Any] = []
+    seen: set[int] = set()
+    stack = [producer[out]]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        if node.op_type not in _SEARCH_OPS or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Pad":
+            continue  # the search's start: the rows it pads come from outside
+        for name in _inputs_of(node):
+            if name in consts:
+                continue
+            if name not in producer:
+                return None  # a graph input reached without passing the Pad
+            stack.append(producer[name])
+    ops = [n.op_type for n in nodes]
+    if ops.count("MatMul") != 1 or ops.count("ReduceMin") != 1 or ops.count("Pad") != 1:
+        return None
+    ids = {id(n) for n in nodes}
+    for node in nodes:  # nothing but the output leaves the search
+        for o in node.output:
+            if o != out and any(id(r) not in ids for r in readers.get(o, [])):
+                return None
+    matmul = next(n for n in nodes if n.op_type == "MatMul")
+    pad = next(n for n in nodes if n.op_type == "Pad")
+    if matmul.input[0] != pad.output[0] or matmul.input[1] not in consts:
+        return None
+    weights = numpy_helper.to_array(consts[matmul.input[1]])
+    pads = numpy_helper.to_array(consts[pad.input[1]]) if len(pad.input) > 1 and pad.input[1] in consts else None
+    one = numpy_helper.to_array(consts[pad.input[2]]) if len(pad.input) > 2 and pad.input[2] in consts else None
+    ks = {numpy_helper.to_array(consts[n.input[1]]).reshape(-1)[0].item() for n in nodes
+          if n.op_type == "TopK" and n.input[1] in consts}
+    if (weights.dtype != np.float32 or weights.ndim != 2 or weights.shape[1] % 64 or pads is None
+            or pads.tolist() != [0, 0, 0, 1] or one is None or float(one) != 1.0 or len(ks) != 1
+            or ops.count("TopK") != sum(1 for n in nodes if n.op_type == "TopK" and n.input[1] in consts)):
+        return None
+    kk = int(ks.pop())
+    if not 1 <= kk <= min(64, weights.shape[1] // 64):
+        return None
+    center = np.zeros(weights.shape[0] - 1, dtype=np.float32)
+    return NeighbourSearch(pad.input[0], center, np.ascontiguousarray(weights), kk, out), nodes

@@ -1,0 +1,169 @@
+"""The neighbour graphs' candidate search as compiled code, between two onnxruntime calls.
+
+KNN's and LOF's graphs (``models.zoo.neighbours``) find each row's nearest
+reference rows in two steps: a float32 distance product over every reference
+row with per-group minima and two ``TopK`` selections picks ``kk``
+candidates, and an exact float64 stage ranks them.  On the CPU the first
+step was most of the graph's time, and not in the product: onnxruntime's
+``TopK`` keeps a heap whose branches mispredict on every fresh batch, and
+the 5 MB distance matrix of a 256-row batch is written out and read back
+through a 1 MB cache (``docs/performance.md``).
+
+``stream/_native/neighbours.c`` does that step in one pass per block of six
+rows: the products by AVX-512 FMA, each group's minimum while the values are
+in registers, then the selection without data-dependent branches on values
+still in cache.  :class:`NeighbourSplit` runs a graph as ``head`` (the nodes
+before the searches: imputation, scaling), the kernel, and ``tail`` (the
+exact stage and everything else), and quacks like onnxruntime's C session
+(``run(names, feed, options)``) so the core's pieces, parts and calls take
+it unchanged.
+
+Candidates come out ordered by (product, row number) where the graph's
+``TopK`` left them in its heap's order, so float64 sums over the neighbours
+may round differently in the last place; which rows are neighbours does
+not change (the exact stage's margin covers products that round
+differently, ``models/zoo/neighbours.py``).  A batch whose search finds
+fewer than ``kk`` comparable values (a NaN or infinity reaching the search)
+is scored by the whole graph instead.
+
+The shared library is built when the package is installed (``hatch_build.py``;
+a C compiler is needed) and used where the CPU has AVX-512F; elsewhere the
+core runs the graph alone.  No import beyond numpy and ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from stream.serving_graph import NeighbourCut
+
+__all__ = ["MIN_ROWS", "NeighbourSplit", "available", "candidates", "library_path"]
+
+log = logging.getLogger(__name__)
+
+_LIB_NAME = "libanomstream_neighbours.so"
+#: Batches below this many rows run the whole graph: the two calls around the search cost more than it
+#: saves (KNN at 1 row 1.44x the whole graph's time, 1.00x at 16; LOF 1.16x and 0.92x).
+MIN_ROWS = 16
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_loaded = False
+_scratch = threading.local()  # per thread: parts call the search side by side
+
+
+def library_path() -> Path:
+    """Where the installed package keeps the compiled search."""
+    return Path(__file__).with_name("_native") / _LIB_NAME
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _loaded
+    with _lock:
+        if _loaded:
+            return _lib
+        _loaded = True
+        path = library_path()
+        if not path.exists():
+            log.info("no compiled neighbour search at %s: neighbour graphs run whole", path)
+            return None
+        lib = ctypes.CDLL(str(path))
+        if not lib.anomstream_native_supported():
+            log.info("this CPU has no AVX-512F: neighbour graphs run whole")
+            return None
+        p, i = ctypes.c_void_p, ctypes.c_int
+        lib.anomstream_candidates.argtypes = [p, i, i, p, p, i, i, p, p]
+        lib.anomstream_candidates.restype = i
+        lib.anomstream_scratch_floats.argtypes = [i, i]
+        lib.anomstream_scratch_floats.restype = ctypes.c_size_t
+        _lib = lib
+        return lib
+
+
+def available() -> bool:
+    """Whether the compiled search is built and this CPU runs it."""
+    return _library() is not None
+
+
+def candidates(x: NDArray[np.float32], center: NDArray[np.float32], weights: NDArray[np.float32],
+               kk: int) -> tuple[NDArray[np.int64], int]:
+    """The ``kk`` columns of smallest ``[x - center, 1] @ weights`` per row, and how many rows failed.
+
+    ``x`` [N, D] float32, ``center`` [D] float32, ``weights`` [D + 1, width]
+    float32 (width a multiple of 64, ``kk`` at most 64 and at most width / 64).
+    Rows are ordered by (product, column).  A row holding NaN may come out
+    incomplete and counts as failed.  Raises ``RuntimeError`` when the
+    library is missing or the sizes are refused.
+    """
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the compiled neighbour search is not available")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    width = weights.shape[1]
+    out = np.empty((n, kk), dtype=np.int64)
+    size = lib.anomstream_scratch_floats(d, width)
+    scratch = getattr(_scratch, "buf", None)
+    if scratch is None or scratch.size < size:  # kept: a fresh 150 KB block costs page faults on every call
+        scratch = _scratch.buf = np.empty(size, dtype=np.float32)
+    failed = lib.anomstream_candidates(x.ctypes.data, n, d, center.ctypes.data, weights.ctypes.data, width, kk,
+                                       out.ctypes.data, scratch.ctypes.data)
+    if failed < 0:
+        raise RuntimeError(f"compiled neighbour search refused sizes d={d}, width={width}, kk={kk}")
+    return out, int(failed)
+
+
+class NeighbourSplit:
+    """A graph run as head call, compiled searches, tail call: ``run(names, feed, options)`` like a C session.
+
+    Parameters
+    ----------
+    cut : NeighbourCut
+        From :func:`stream.serving_graph.neighbour_cut`.
+    session : callable
+        Makes a C session (``.run(names, feed, options)``) from a graph.
+    whole : object
+        A C session on the uncut graph, for batches a search cannot take.
+    """
+
+    def __init__(self, cut: NeighbourCut, session: Any, whole: Any) -> None:
+        lib = _library()
+        if lib is None:
+            raise RuntimeError("the compiled neighbour search is not available")
+        for s in cut.searches:
+            if s.weights.shape[0] != s.center.shape[0] + 1:
+                raise ValueError(f"search {s.output!r}: weights {s.weights.shape} for {s.center.shape[0]} features")
+        self._lib = lib
+        self.cut = cut
+        self._head = session(cut.head) if cut.head is not None else None
+        self._tail = session(cut.tail)
+        self._whole = whole
+        self._searched = {s.output: s for s in cut.searches}
+        self._head_made = set(cut.head_outputs)
+        self._tail_made = {o.name for o in cut.tail.graph.output}
+        self.fallbacks = 0  # batches scored whole because a search could not take them
+
+    def run(self, names: list[str], feed: dict[str, Any], options: Any = None) -> list[Any]:
+        """The outputs ``names`` for ``feed``, as the whole graph's session would return them."""
+        if len(next(iter(feed.values()))) < MIN_ROWS:
+            return list(self._whole.run(names, feed, options))
+        head = dict(zip(self.cut.head_outputs, self._head.run(self.cut.head_outputs, feed, options))) \
+            if self._head is not None else {}
+        found: dict[str, Any] = {}
+        for s in self.cut.searches:
+            x = head[s.x] if s.x in head else feed[s.x]
+            out, failed = candidates(x, s.center, s.weights, s.kk)
+            if failed:
+                self.fallbacks += 1
+                return list(self._whole.run(names, feed, options))
+            found[s.output] = out
+        tail_names = [n for n in names if n in self._tail_made]
+        tail_feed = {n: head[n] if n in head else found[n] if n in found else feed[n] for n in self.cut.tail_inputs}
+        tail = dict(zip(tail_names, self._tail.run(tail_names, tail_feed, options))) if tail_names else {}
+        return [tail[n] if n in tail else found[n] if n in found else head[n] for n in names]

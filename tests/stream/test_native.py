@@ -1,0 +1,196 @@
+"""The compiled neighbour search (stream/native.py): its kernel against numpy, and the core with it against the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.artifact import Artifact, Card
+from models.calibration import Calibration, SeverityScale
+from models.ensemble import Ensemble
+from models.pipeline import Pipeline
+from models.preprocessing import Preprocessor
+from models.zoo import make_detector
+from stream import native, serving_graph
+from stream.core import Scorer
+from stream.synthetic import SyntheticStream
+
+pytestmark = pytest.mark.skipif(
+    not native.available(),
+    reason=f"no compiled neighbour search ({native.library_path()} missing, or a CPU without AVX-512F)",
+)
+
+_FIELDS = ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares")
+_D = 8
+_TRAIN = 4000  # LOF's 22 candidates need at least 2 x 22 groups of 64 reference rows to be searched in groups
+
+
+def _expected(x: np.ndarray, w: np.ndarray, kk: int) -> np.ndarray:
+    """The kk columns of smallest ``[x, 1] @ w`` by (product, column), in float64 (exact on small integers)."""
+    prod = np.hstack([x.astype(np.float64), np.ones((len(x), 1))]) @ w.astype(np.float64)
+    cols = np.broadcast_to(np.arange(w.shape[1]), prod.shape)
+    return np.lexsort((cols, prod), axis=1)[:, :kk]
+
+
+@pytest.mark.parametrize(("d", "groups", "kk"), [(1, 2, 1), (3, 5, 2), (8, 16, 7), (32, 79, 22), (33, 130, 64)])
+def test_kernel_finds_the_kk_smallest_products_ties_to_the_lower_column(d: int, groups: int, kk: int) -> None:
+    """On small integers every product is exact in float32, so the answer is exact, ties included."""
+    rng = np.random.default_rng(d * 1000 + groups)
+    w = rng.integers(-4, 5, size=(d + 1, 64 * groups)).astype(np.float32)
+    for n in (1, 5, 6, 7, 13, 256):
+        x = rng.integers(-4, 5, size=(n, d)).astype(np.float32)
+        got, failed = native.candidates(x, np.zeros(d, np.float32), w, kk)
+        assert failed == 0
+        np.testing.assert_array_equal(got, _expected(x, w, kk), err_msg=f"{n} rows")
+    centre = rng.integers(-2, 3, size=d).astype(np.float32)
+    x = rng.integers(-4, 5, size=(40, d)).astype(np.float32)
+    got, _ = native.candidates(x, centre, w, kk)
+    np.testing.assert_array_equal(got, _expected(x - centre, w, kk), err_msg="centred in the kernel")
+
+
+def test_kernel_reports_rows_it_cannot_rank_and_refuses_bad_sizes() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(5, 64 * 8)).astype(np.float32)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    x[[2, 9], 1] = np.nan
+    got, failed = native.candidates(x, np.zeros(4, np.float32), w, 3)
+    assert failed == 2
+    good = np.delete(np.arange(20), [2, 9])
+    ok, _ = native.candidates(x[good], np.zeros(4, np.float32), w, 3)
+    np.testing.assert_array_equal(got[good], ok)
+    with pytest.raises(RuntimeError, match="refused"):
+        native.candidates(x, np.zeros(4, np.float32), w[:, :100], 3)  # width not a multiple of 64
+    with pytest.raises(RuntimeError, match="refused"):
+        native.candidates(x, np.zeros(4, np.float32), w, 9)  # more candidates than groups
+
+
+def _artifact(root: Path, name: str, model: object, X: np.ndarray) -> Artifact:
+    features = tuple(f"f{i}" for i in range(X.shape[1]))
+    card = Card(
+        name=name, version=1, features=features, calibration=Calibration.fit(model.score_samples(X)),  # type: ignore[attr-defined]
+        threshold=0.99, severity=SeverityScale.from_threshold(0.99), medians=dict.fromkeys(features, 0.0),
+        detector=model.describe(), training={}, metrics={}, parity=0.0,  # type: ignore[attr-defined]
+    )
+    return Artifact.write(root / name, model.to_onnx(list(features)), card)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    gen = SyntheticStream(n_features=_D, seed=5)
+    X, _ = gen.sample(_TRAIN, anomaly_rate=0.01)
+    rows, _ = gen.sample(2100, anomaly_rate=0.05)
+    rows[::11, 1] = gen.mean[1] + 20 * gen.scale[1]
+    rows[::37, 3] = np.nan
+    return X, rows
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, data: tuple[np.ndarray, np.ndarray]) -> dict[str, Artifact]:
+    X, _ = data
+    root = tmp_path_factory.mktemp("native")
+
+    def pipe(algorithm: str) -> Pipeline:
+        return Pipeline(preprocessor=Preprocessor(scaler="standard"), detector=make_detector(algorithm))
+
+    out = {a: _artifact(root, a, pipe(a).fit(X), X) for a in ("knn", "lof")}
+    out["ensemble"] = _artifact(root, "ensemble", Ensemble([pipe("knn"), pipe("lof"), pipe("hbos")]).fit(X), X)
+    return out
+
+
+@pytest.mark.parametrize("name", ["knn", "lof", "ensemble"])
+def test_neighbour_graphs_are_cut_around_every_search(name: str, artifacts: dict[str, Artifact]) -> None:
+    import onnx
+
+    model = onnx.load(str(artifacts[name].model_path))
+    cut = serving_graph.neighbour_cut(model)
+    assert cut is not None
+    assert [s.kk for s in cut.searches] == {"knn": [7], "lof": [22], "ensemble": [7, 22]}[name]
+    assert all(s.output in cut.tail_inputs for s in cut.searches)
+    # the same after the load-time rewrites the core makes first
+    fused = serving_graph.fused_affine(model) or model
+    for derived in (fused, serving_graph.without_imputation(fused), serving_graph.pruned(fused, ["score"])[0]):
+        assert derived is not None
+        again = serving_graph.neighbour_cut(derived)
+        assert again is not None and [s.kk for s in again.searches] == [s.kk for s in cut.searches]
+
+
+def test_graphs_without_a_grouped_search_stay_whole(tmp_path: Path) -> None:
+    import onnx
+
+    gen = SyntheticStream(n_features=_D, seed=6)
+    X, _ = gen.sample(600, anomaly_rate=0.01)
+    for algorithm in ("iforest", "ocsvm", "lof"):  # LOF on 600 rows: too few groups, one TopK over every row
+        art = _artifact(tmp_path, algorithm, Pipeline(preprocessor=Preprocessor(scaler="standard"),
+                                                      detector=make_detector(algorithm)).fit(X), X)
+        assert serving_graph.neighbour_cut(onnx.load(str(art.model_path))) is None, algorithm
+        assert Scorer(art, providers="cpu").native_searches == 0
+
+
+def test_a_search_whose_intermediates_are_read_elsewhere_is_not_cut(artifacts: dict[str, Artifact]) -> None:
+    import onnx
+
+    model = onnx.load(str(artifacts["knn"].model_path))
+    group_min = next(n.output[0] for n in model.graph.node if n.op_type == "ReduceMin")
+    assert serving_graph.neighbour_cut(serving_graph.with_outputs(model, [group_min])) is not None  # an output is fine
+    extra = onnx.helper.make_node("Identity", [group_min], ["leak"])
+    model.graph.node.append(extra)
+    assert serving_graph.neighbour_cut(model) is None
+
+
+@pytest.mark.parametrize("name", ["knn", "lof", "ensemble"])
+def test_core_with_the_compiled_search_scores_bit_for_bit_like_the_graph(
+    name: str, artifacts: dict[str, Artifact], data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Every contributions way, NaN rows, alerting batches, parts and pieces: every field equal."""
+    _, rows = data
+    complete = np.nan_to_num(rows, nan=0.0)
+    far = rows.copy()
+    far[:, 1:3] += 6 * np.nanstd(rows[:, 1:3], axis=0)
+    art = artifacts[name]
+    for contributions in ("all", "alerting", "handover"):
+        graph = Scorer(art, providers="cpu", contributions=contributions, native="never",  # type: ignore[arg-type]
+                       pieces="never")
+        assert graph.native_searches == 0
+        compiled = [
+            Scorer(art, providers="cpu", contributions=contributions, pieces="never"),  # type: ignore[arg-type]
+            Scorer(art, providers="cpu", contributions=contributions, pieces="always",  # type: ignore[arg-type]
+                   threads=2, parallel="always"),
+        ]
+        assert all(s.native_searches > 0 for s in compiled)
+        for batch in (rows, complete, far):
+            for n in (1, 15, 16, 17, 255, 256, 600, 2100):
+                want = graph.score(batch[:n])
+                for scorer in compiled:
+                    got = scorer.score(batch[:n])
+                    for field in _FIELDS:
+                        np.testing.assert_array_equal(getattr(got, field), getattr(want, field),
+                                                      err_msg=f"{name}, {contributions}, {n} rows, {field}")
+    assert graph.score(rows).anomaly.sum() >= 50 and graph.score(far).anomaly.mean() > 0.9
+
+
+def test_a_batch_the_search_cannot_rank_is_scored_by_the_whole_graph(artifacts: dict[str, Artifact]) -> None:
+    """An infinity reaches the search (imputation replaces NaN only): the split hands the batch to the whole graph."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(artifacts["knn"].model_path))
+    cut = serving_graph.neighbour_cut(model)
+    assert cut is not None
+
+    def session(m: object) -> object:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+
+    whole = session(model)
+    split = native.NeighbourSplit(cut, session, whole)
+    gen = SyntheticStream(n_features=_D, seed=8)
+    X, _ = gen.sample(64, anomaly_rate=0.0)
+    names = ["score", "contributions"]
+    for a, b in zip(split.run(names, {"features": X}), whole.run(names, {"features": X}), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert split.fallbacks == 0
+    X[5, 2] = np.inf
+    for a, b in zip(split.run(names, {"features": X}), whole.run(names, {"features": X}), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert split.fallbacks == 1
