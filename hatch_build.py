@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,12 @@ def build(root: Path) -> Path | None:
         print(f"anomstream: no C compiler: {SOURCE} not built, neighbour graphs will run whole", file=sys.stderr)
         return None
     tmp = library.with_suffix(".so.tmp")
-    done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(source)], check=False, capture_output=True, text=True)
+    try:
+        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(source)], check=False, capture_output=True, text=True)
+    except OSError as exc:
+        done = subprocess.CompletedProcess([cc], 127, "", str(exc))
     if done.returncode != 0:
-        print(f"anomstream: {SOURCE} did not compile, neighbour graphs will run whole:\n{done.stderr}",
+        print(f"anomstream: {SOURCE} did not compile ({cc}), neighbour graphs will run whole:\n{done.stderr}",
               file=sys.stderr)
         return None
     tmp.replace(library)
@@ -47,5 +51,6 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[misc]
         library = build(Path(self.root))
         if library is not None:
             build_data["pure_python"] = False
-            build_data["infer_tag"] = True
+            # Plain C loaded with ctypes: any Python 3, this platform only.
+            build_data["tag"] = "py3-none-" + sysconfig.get_platform().replace("-", "_").replace(".", "_")
             build_data["force_include"][str(library)] = str(LIBRARY)
