@@ -18,13 +18,13 @@ exact stage and everything else), and quacks like onnxruntime's C session
 (``run(names, feed, options)``) so the core's pieces, parts and calls take
 it unchanged.
 
-Candidates come out ordered by (product, row number) where the graph's
-``TopK`` left them in its heap's order, so float64 sums over the neighbours
-may round differently in the last place; which rows are neighbours does
-not change (the exact stage's margin covers products that round
-differently, ``models/zoo/neighbours.py``).  A batch whose search finds
-fewer than ``kk`` comparable values (a NaN or infinity reaching the search)
-is scored by the whole graph instead.
+Candidates come out in ascending row number where the graph's ``TopK``
+left them in its heap's order, so float64 sums over the neighbours could
+round differently in the last place (in every batch tested they did not);
+which rows are neighbours does not change (the exact stage's margin covers
+products that round differently, ``models/zoo/neighbours.py``).  A batch
+with a NaN or an infinity reaching the search is scored by the whole graph
+instead.
 
 The shared library is built when the package is installed (``hatch_build.py``;
 a C compiler is needed) and used where the CPU has AVX-512F; elsewhere the
@@ -97,8 +97,9 @@ def candidates(x: NDArray[np.float32], center: NDArray[np.float32], weights: NDA
 
     ``x`` [N, D] float32, ``center`` [D] float32, ``weights`` [D + 1, width]
     float32 (width a multiple of 64, ``kk`` at most 64 and at most width / 64).
-    Rows are ordered by (product, column).  A row holding NaN may come out
-    incomplete and counts as failed.  Raises ``RuntimeError`` when the
+    Each row's columns come in ascending order (ties at the ``kk``-th
+    product go to the lower column).  A row holding NaN or an infinity is
+    not searched: its columns are undefined and it counts as failed.  Raises ``RuntimeError`` when the
     library is missing or the sizes are refused.
     """
     lib = _library()

@@ -11,18 +11,20 @@
  * in the last place; the exact float64 stage after it re-ranks the candidates,
  * and its margin covers such near-ties (see neighbours.py).
  *
- * Candidates come out ordered by (product, column).  AVX-512F only: the
+ * Candidates come out in ascending column order.  AVX-512F only: the
  * Python side uses the graph where anomstream_native_supported() says no.
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <immintrin.h>
 
 #define GROUP 64
 #define ROWS 6     /* rows per block: 24 accumulators of 16 lanes, 4 weight vectors, one broadcast */
 #define MAX_KK 64
+#define MAX_GROUPS 4096  /* 262,144 reference columns */
 
 int anomstream_native_supported(void)
 {
@@ -87,70 +89,78 @@ static void products_row(const float *xc, int d, const float *W, int width, floa
     }
 }
 
-/* One row's kk smallest columns, given its products D and group minima gmin (padded with +inf to a
- * multiple of 16).  Returns 0, or -1 where fewer than kk values compare (NaN in the row). */
+/* One row's kk smallest columns by (product, column), in ascending column order, given its products D
+ * and group minima gmin (padded with +inf to a multiple of 16; overwritten).  Returns 0, or -1 where
+ * the products do not compare (NaN in the row). */
 __attribute__((target("avx512f")))
-static int select_row(const float *D, const float *gmin, int groups, int kk, int64_t *out, float *vbuf, int32_t *ibuf)
+static int select_row(const float *D, float *gmin, int groups, int kk, int64_t *out, float *vbuf, int32_t *ibuf)
 {
-    /* The kk groups of smallest minimum, by rank (ties to the lower group), 16 ranks at a time; T, the
-     * largest of their minima, bounds the kk-th smallest product from above. */
-    int chosen[MAX_KK], nc = 0;
-    float T = -INFINITY;
+    /* The kk groups of smallest minimum (ties to the lower group): kk rounds of a vector minimum over
+     * the minima, each taking the first group at it out.  T, the last one taken, bounds the kk-th
+     * smallest product from above. */
+    uint64_t chosen[(MAX_GROUPS + 63) / 64];
+    memset(chosen, 0, sizeof(uint64_t) * (size_t)((groups + 63) / 64));
     int nv = (groups + 15) / 16;
-    for (int i = 0; i < groups; i++) {
-        __m512 v = _mm512_set1_ps(gmin[i]);
-        int rank = 0;
+    float T = -INFINITY;
+    for (int round = 0; round < kk; round++) {
+        __m512 m = _mm512_loadu_ps(gmin);
+        for (int q = 1; q < nv; q++) m = _mm512_min_ps(m, _mm512_loadu_ps(gmin + 16 * q));
+        T = _mm512_reduce_min_ps(m);
+        __m512 t = _mm512_set1_ps(T);
+        int pos = -1;
         for (int q = 0; q < nv; q++) {
-            __m512 g = _mm512_loadu_ps(gmin + 16 * q);
-            unsigned lt = _mm512_cmp_ps_mask(g, v, _CMP_LT_OQ);
-            unsigned eq = _mm512_cmp_ps_mask(g, v, _CMP_EQ_OQ);
-            int lo = i - 16 * q;
-            unsigned below = lo <= 0 ? 0u : lo >= 16 ? 0xFFFFu : (1u << lo) - 1u;
-            rank += __builtin_popcount(lt | (eq & below));
+            unsigned eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(gmin + 16 * q), t, _CMP_EQ_OQ);
+            if (eq) {
+                pos = 16 * q + __builtin_ctz(eq);
+                break;
+            }
         }
-        if (rank < kk) {
-            if (nc == kk) return -1;
-            chosen[nc++] = i;
-            if (gmin[i] > T) T = gmin[i];
-        }
+        if (pos < 0 || pos >= groups) return -1;  /* NaN, or only padding left */
+        gmin[pos] = INFINITY;
+        chosen[pos >> 6] |= 1ull << (pos & 63);
     }
-    if (nc < kk) return -1;
-    /* The chosen groups' products at or below T (compressed in registers: Zen 4 microcodes a compress
-     * straight to memory). */
+    /* The chosen groups' products at or below T, in column order (compressed in registers: Zen 4
+     * microcodes a compress straight to memory). */
     int n = 0;
     __m512 t = _mm512_set1_ps(T);
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    for (int c = 0; c < nc; c++) {
-        int g = chosen[c];
-        for (int j = 0; j < 4; j++) {
-            int col = g * GROUP + 16 * j;
-            __m512 v = _mm512_loadu_ps(D + col);
-            __mmask16 m = _mm512_cmp_ps_mask(v, t, _CMP_LE_OQ);
-            _mm512_storeu_ps(vbuf + n, _mm512_maskz_compress_ps(m, v));
-            _mm512_storeu_si512(ibuf + n, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(_mm512_set1_epi32(col), lanes)));
-            n += __builtin_popcount(m);
+    for (int w = 0; w < (groups + 63) / 64; w++) {
+        for (uint64_t bits = chosen[w]; bits; bits &= bits - 1) {
+            int g = 64 * w + __builtin_ctzll(bits);
+            for (int j = 0; j < 4; j++) {
+                int col = g * GROUP + 16 * j;
+                __m512 v = _mm512_loadu_ps(D + col);
+                __mmask16 k = _mm512_cmp_ps_mask(v, t, _CMP_LE_OQ);
+                _mm512_storeu_ps(vbuf + n, _mm512_maskz_compress_ps(k, v));
+                _mm512_storeu_si512(ibuf + n,
+                                    _mm512_maskz_compress_epi32(k, _mm512_add_epi32(_mm512_set1_epi32(col), lanes)));
+                n += __builtin_popcount(k);
+            }
         }
     }
     if (n < kk) return -1;
-    /* The kk smallest of those by (product, column), by insertion: most fall at once. */
-    float bv[MAX_KK];
-    int32_t bi[MAX_KK];
-    int nb = 0;
-    for (int i = 0; i < n; i++) {
-        float v = vbuf[i];
-        int32_t ix = ibuf[i];
-        if (nb == kk && (v > bv[kk - 1] || (v == bv[kk - 1] && ix > bi[kk - 1]))) continue;
-        int p = nb < kk ? nb++ : kk - 1;
-        while (p > 0 && (bv[p - 1] > v || (bv[p - 1] == v && bi[p - 1] > ix))) {
-            bv[p] = bv[p - 1];
-            bi[p] = bi[p - 1];
-            p--;
+    /* Drop the largest by (product, column) until kk are left: a few at most (ties at T aside). */
+    for (; n > kk; n--) {
+        int worst = 0;
+        for (int i = 1; i < n; i++) worst = vbuf[i] >= vbuf[worst] ? i : worst;  /* columns ascend: the last */
+        for (int i = worst; i < n - 1; i++) {
+            vbuf[i] = vbuf[i + 1];
+            ibuf[i] = ibuf[i + 1];
         }
-        bv[p] = v;
-        bi[p] = ix;
     }
-    for (int i = 0; i < kk; i++) out[i] = bi[i];
+    for (int i = 0; i < kk; i++) out[i] = ibuf[i];
     return 0;
+}
+
+/* x - center into xc; whether every value is finite (a row with NaN or an infinity is not searched). */
+static int centre_row(const float *x, const float *center, int d, float *xc)
+{
+    int finite = 1;
+    for (int k = 0; k < d; k++) {
+        xc[k] = x[k] - center[k];
+        finite &= isfinite(xc[k]) != 0;
+    }
+    return finite;
 }
 
 /* Scratch floats anomstream_candidates needs. */
@@ -161,13 +171,15 @@ size_t anomstream_scratch_floats(int d, int width)
 }
 
 /* x: [n, d] float32 rows (row-major); center: [d]; W: [d + 1, width]; cand: [n, kk] int64 out.
- * Returns the number of rows whose candidates could not be found (NaN), -1 on bad sizes. */
+ * Returns the number of rows not searched (NaN or infinity in the row, or after centring), -1 on bad
+ * sizes; their candidates are left undefined. */
 __attribute__((target("avx512f")))
 int anomstream_candidates(const float *x, int n, int d, const float *center, const float *W, int width, int kk,
                           int64_t *cand, float *scratch)
 {
     int groups = width / GROUP;
-    if (d < 1 || width < GROUP || width % GROUP || kk < 1 || kk > MAX_KK || kk > groups) return -1;
+    if (d < 1 || width < GROUP || width % GROUP || groups > MAX_GROUPS || kk < 1 || kk > MAX_KK || kk > groups)
+        return -1;
     int gpad = (groups + 15) / 16 * 16;
     float *D = scratch;
     float *gmin = D + (size_t)ROWS * width;
@@ -177,17 +189,17 @@ int anomstream_candidates(const float *x, int n, int d, const float *center, con
     for (int i = 0; i < ROWS * gpad; i++) gmin[i] = INFINITY;
     int failed = 0, i = 0;
     for (; i + ROWS <= n; i += ROWS) {
-        for (int r = 0; r < ROWS; r++)
-            for (int k = 0; k < d; k++) xc[r * d + k] = x[(size_t)(i + r) * d + k] - center[k];
+        int finite[ROWS];
+        for (int r = 0; r < ROWS; r++) finite[r] = centre_row(x + (size_t)(i + r) * d, center, d, xc + r * d);
         products_block(xc, d, W, width, D, gmin, gpad);
         for (int r = 0; r < ROWS; r++)
-            failed += select_row(D + (size_t)r * width, gmin + r * gpad, groups, kk, cand + (size_t)(i + r) * kk,
-                                 vbuf, ibuf) != 0;
+            failed += !finite[r] || select_row(D + (size_t)r * width, gmin + r * gpad, groups, kk,
+                                               cand + (size_t)(i + r) * kk, vbuf, ibuf) != 0;
     }
     for (; i < n; i++) {
-        for (int k = 0; k < d; k++) xc[k] = x[(size_t)i * d + k] - center[k];
+        int finite = centre_row(x + (size_t)i * d, center, d, xc);
         products_row(xc, d, W, width, D, gmin);
-        failed += select_row(D, gmin, groups, kk, cand + (size_t)i * kk, vbuf, ibuf) != 0;
+        failed += !finite || select_row(D, gmin, groups, kk, cand + (size_t)i * kk, vbuf, ibuf) != 0;
     }
     return failed;
 }

@@ -28,10 +28,10 @@ _TRAIN = 4000  # LOF's 22 candidates need at least 2 x 22 groups of 64 reference
 
 
 def _expected(x: np.ndarray, w: np.ndarray, kk: int) -> np.ndarray:
-    """The kk columns of smallest ``[x, 1] @ w`` by (product, column), in float64 (exact on small integers)."""
+    """The kk columns of smallest ``[x, 1] @ w`` by (product, column), in ascending order (exact on small integers)."""
     prod = np.hstack([x.astype(np.float64), np.ones((len(x), 1))]) @ w.astype(np.float64)
     cols = np.broadcast_to(np.arange(w.shape[1]), prod.shape)
-    return np.lexsort((cols, prod), axis=1)[:, :kk]
+    return np.sort(np.lexsort((cols, prod), axis=1)[:, :kk], axis=1)
 
 
 @pytest.mark.parametrize(("d", "groups", "kk"), [(1, 2, 1), (3, 5, 2), (8, 16, 7), (32, 79, 22), (33, 130, 64)])
