@@ -36,7 +36,7 @@ the rewrite saved 15% of HBOS's graph at 256 rows, 6-7% of PCA's and CBLOF's.
 
 On a CPU with AVX-512F, KNN's and LOF's neighbour search (and an
 ensemble's) runs compiled between two calls of the graph
-(:mod:`stream.native`, batches of 16 rows or more): the distance products,
+(:mod:`stream.native`, batches of 24 rows or more): the distance products,
 group minima and candidate selection in one pass per block of rows, where
 onnxruntime's ``MatMul``, ``ReduceMin`` and two ``TopK`` wrote a 5 MB
 distance matrix out and read it back, and ``TopK``'s heap mispredicted its

@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 
 _LIB_NAME = "libanomstream_neighbours.so"
 #: Batches below this many rows run the whole graph: the two calls around the search cost more than it
-#: saves (KNN at 1 row 1.44x the whole graph's time, 1.00x at 16; LOF 1.16x and 0.92x).
-MIN_ROWS = 16
+#: saves.  ``Scorer.score`` compiled ÷ whole graph, alternating (2026-11-23): KNN 1.13 at 8 rows, 1.07 at
+#: 16, 0.89 at 32; LOF 1.00, 0.88, 0.75; the ensemble holding KNN 1.04, 0.99, 0.97.
+MIN_ROWS = 24
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _loaded = False

@@ -160,7 +160,8 @@ def test_core_with_the_compiled_search_scores_bit_for_bit_like_the_graph(
         ]
         assert all(s.native_searches > 0 for s in compiled)
         for batch in (rows, complete, far):
-            for n in (1, 15, 16, 17, 255, 256, 600, 2100):
+            m = native.MIN_ROWS
+            for n in (1, m - 1, m, m + 1, 255, 256, 600, 2100):
                 want = graph.score(batch[:n])
                 for scorer in compiled:
                     got = scorer.score(batch[:n])
