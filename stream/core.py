@@ -117,7 +117,9 @@ Session options, measured with ``tests/perf/bench_core.py --session-grid``
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 from bisect import bisect_right
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -269,7 +271,7 @@ class Scorer:
     ) -> None:
         self.artifact = artifact
         self._native = native != "never" and native_available()
-        self._splits: list[NeighbourSplit] = []
+        self._splits: weakref.WeakSet[NeighbourSplit] = weakref.WeakSet()  # held by the run calls only
         self.card: Card = artifact.card
         self.ref = self.card.ref
         self.features = self.card.features
@@ -434,13 +436,14 @@ class Scorer:
         if cut is None:
             return None
         split = NeighbourSplit(cut, lambda part: _c_session(self._cpu_session(part, what)), whole)
-        self._splits.append(split)
+        self._splits.add(split)
         log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))
         return split
 
     @property
     def native_searches(self) -> int:
-        """How many of the core's graphs run their neighbour search compiled (:mod:`stream.native`)."""
+        """How many of the graphs the core runs search their neighbours compiled (:mod:`stream.native`)."""
+        gc.collect()  # the load's discarded sessions (other contributions ways) may sit in reference cycles
         return len(self._splits)
 
     def _race(self, *trials: Callable[[], object]) -> list[float]:
@@ -955,12 +958,12 @@ _TURN_RUN = 4  # served batches in a row taken each way while parts or pieces ar
 _FAR_OUT = 30.0  # load-time probe rows: the far rows' distance from the medians, in the probe's scale
 
 
-@cache
 def _c_session(session: ort.InferenceSession) -> Any:
     """The C session under an ``InferenceSession``: its run skips the per-call input validation."""
     return getattr(session, "_sess", session)
 
 
+@cache
 def _workers(n: int) -> ThreadPoolExecutor:
     """``n`` threads shared by all scorers cutting batches into ``n + 1`` parts (the caller scores one)."""
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="anomstream-score")
