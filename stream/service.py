@@ -56,7 +56,7 @@ def load_scorer(settings: Settings, version: int | None = None) -> Scorer:
         hint = "" if reg.versions(name) else "; train one with `anomstream train DATA`"
         raise ScoringError(f"{exc}{hint}") from None
     return Scorer(artifact, providers=settings.inference.providers, threads=settings.inference.threads,
-                  max_batch=settings.batching.max_batch)
+                  max_batch=settings.batching.max_batch, native=settings.inference.native)
 
 
 class Service:

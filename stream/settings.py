@@ -125,6 +125,7 @@ class BatchingSettings(_Section):
 class InferenceSettings(_Section):
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0)
+    native: Literal["auto", "never"] = "auto"  # the compiled neighbour search (stream/native.py)
 
 
 class WebSocketSettings(_Section):

@@ -308,12 +308,12 @@ class Trainer:
 
     def _validate(self, candidate: Artifact, champion: Artifact | None, X: NDArray[np.float32]) -> Verdict:
         inf = self.settings.inference
-        cand = Scorer(candidate, providers=inf.providers, threads=inf.threads).score(X).score
+        cand = Scorer(candidate, providers=inf.providers, threads=inf.threads, native=inf.native).score(X).score
         champ: NDArray[np.float64] | None = None
         champ_threshold: float | None = None
         if champion is not None:
             try:
-                sc = Scorer(champion, providers=inf.providers, threads=inf.threads)
+                sc = Scorer(champion, providers=inf.providers, threads=inf.threads, native=inf.native)
                 champ, champ_threshold = sc.score(X).score, sc.threshold
             except ModelError as exc:
                 log.warning("champion %s cannot score the hold-out: %s", champion.card.ref, exc)

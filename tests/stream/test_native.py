@@ -195,3 +195,20 @@ def test_a_batch_the_search_cannot_rank_is_scored_by_the_whole_graph(artifacts: 
     for a, b in zip(split.run(names, {"features": X}), whole.run(names, {"features": X}), strict=True):
         np.testing.assert_array_equal(a, b)
     assert split.fallbacks == 1
+
+
+@pytest.mark.parametrize(("native_setting", "searches"), [("auto", True), ("never", False)])
+def test_inference_native_setting_reaches_the_service_scorer(
+    native_setting: str, searches: bool, artifacts: dict[str, Artifact], tmp_path: Path
+) -> None:
+    from models.registry import Registry
+    from stream.service import load_scorer
+    from stream.settings import Settings
+
+    art = artifacts["knn"]
+    Registry(tmp_path).register("default", art.model_path.read_bytes(), art.card)
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"model: {{registry: '{tmp_path}'}}\n")
+    settings = Settings.load(cfg, environ={"ANOMSTREAM_INFERENCE__NATIVE": native_setting})
+    assert settings.inference.native == native_setting
+    assert (load_scorer(settings).native_searches > 0) is searches
