@@ -11,8 +11,8 @@ through a 1 MB cache (``docs/performance.md``).
 
 ``stream/_native/neighbours.c`` does that step in one pass per block of six
 rows: the products by AVX-512 FMA, each group's minimum while the values are
-in registers, then the selection without data-dependent branches on values
-still in cache.  :class:`NeighbourSplit` runs a graph as ``head`` (the nodes
+in registers, then the selection in vector instructions on values still in
+cache.  :class:`NeighbourSplit` runs a graph as ``head`` (the nodes
 before the searches: imputation, scaling), the kernel, and ``tail`` (the
 exact stage and everything else), and quacks like onnxruntime's C session
 (``run(names, feed, options)``) so the core's pieces, parts and calls take
@@ -135,19 +135,15 @@ class NeighbourSplit:
     """
 
     def __init__(self, cut: NeighbourCut, session: Any, whole: Any) -> None:
-        lib = _library()
-        if lib is None:
+        if _library() is None:
             raise RuntimeError("the compiled neighbour search is not available")
         for s in cut.searches:
             if s.weights.shape[0] != s.center.shape[0] + 1:
                 raise ValueError(f"search {s.output!r}: weights {s.weights.shape} for {s.center.shape[0]} features")
-        self._lib = lib
         self.cut = cut
         self._head = session(cut.head) if cut.head is not None else None
         self._tail = session(cut.tail)
         self._whole = whole
-        self._searched = {s.output: s for s in cut.searches}
-        self._head_made = set(cut.head_outputs)
         self._tail_made = {o.name for o in cut.tail.graph.output}
         self.fallbacks = 0  # batches scored whole because a search could not take them
 
