@@ -12,8 +12,11 @@ through a 1 MB cache (``docs/performance.md``).
 ``stream/_native/neighbours.c`` does that step in one pass per block of six
 rows: the products by AVX-512 FMA, each group's minimum while the values are
 in registers, then the selection in vector instructions on values still in
-cache.  :class:`NeighbourSplit` runs a graph as ``head`` (the nodes
-before the searches: imputation, scaling), the kernel, and ``tail`` (the
+cache; then, where the graph's exact stage starts with them, the per-feature
+squared differences to the candidates' float64 rows (the graph's ``Gather``,
+``Cast``, ``Tile``, ``Sub`` and ``Mul``: element-wise, so the same bits).
+:class:`NeighbourSplit` runs a graph as ``head`` (the nodes before the
+searches: imputation, scaling), the kernel, and ``tail`` (the rest of the
 exact stage and everything else), and quacks like onnxruntime's C session
 (``run(names, feed, options)``) so the core's pieces, parts and calls take
 it unchanged.
@@ -79,7 +82,7 @@ def _library() -> ctypes.CDLL | None:
             log.info("this CPU has no AVX-512F: neighbour graphs run whole")
             return None
         p, i = ctypes.c_void_p, ctypes.c_int
-        lib.anomstream_candidates.argtypes = [p, i, i, p, p, i, i, p, p]
+        lib.anomstream_candidates.argtypes = [p, i, i, p, p, i, i, p, p, p, p, ctypes.c_int64, p]
         lib.anomstream_candidates.restype = i
         lib.anomstream_scratch_floats.argtypes = [i, i]
         lib.anomstream_scratch_floats.restype = ctypes.c_size_t
@@ -92,16 +95,20 @@ def available() -> bool:
     return _library() is not None
 
 
-def candidates(x: NDArray[np.float32], center: NDArray[np.float32], weights: NDArray[np.float32],
-               kk: int) -> tuple[NDArray[np.int64], int]:
-    """The ``kk`` columns of smallest ``[x - center, 1] @ weights`` per row, and how many rows failed.
+def candidates(x: NDArray[np.float32], center: NDArray[np.float32], weights: NDArray[np.float32], kk: int,
+               exact: tuple[NDArray[np.float32], NDArray[np.float64]] | None = None,
+               ) -> tuple[NDArray[np.int64], int, NDArray[np.float64] | None]:
+    """The ``kk`` columns of smallest ``[x - center, 1] @ weights`` per row, how many rows failed, and the exact stage.
 
     ``x`` [N, D] float32, ``center`` [D] float32, ``weights`` [D + 1, width]
     float32 (width a multiple of 64, ``kk`` at most 64 and at most width / 64).
     Each row's columns come in ascending order (ties at the ``kk``-th
     product go to the lower column).  A row holding NaN or an infinity is
-    not searched: its columns are undefined and it counts as failed.  Raises ``RuntimeError`` when the
-    library is missing or the sizes are refused.
+    not searched: its columns are undefined and it counts as failed.  With
+    ``exact = (xs, rows)`` (xs [N, D] float32, rows [M, D] float64) the third
+    value is ``(float64(xs)[:, None, :] - rows[columns]) ** 2`` [N, kk, D],
+    else None.  Raises ``RuntimeError`` when the library is missing or the
+    sizes are refused.
     """
     lib = _library()
     if lib is None:
@@ -114,11 +121,20 @@ def candidates(x: NDArray[np.float32], center: NDArray[np.float32], weights: NDA
     scratch = getattr(_scratch, "buf", None)
     if scratch is None or scratch.size < size:  # kept: a fresh 150 KB block costs page faults on every call
         scratch = _scratch.buf = np.empty(size, dtype=np.float32)
-    failed = lib.anomstream_candidates(x.ctypes.data, n, d, center.ctypes.data, weights.ctypes.data, width, kk,
-                                       out.ctypes.data, scratch.ctypes.data)
+    sq = xs = rows = None
+    if exact is not None:
+        xs = np.ascontiguousarray(exact[0], dtype=np.float32)
+        rows = np.ascontiguousarray(exact[1], dtype=np.float64)
+        if xs.shape != (n, d) or rows.ndim != 2 or rows.shape[1] != d:
+            raise RuntimeError(f"exact stage: rows {xs.shape} and reference {rows.shape} for {n} x {d}")
+        sq = np.empty((n, kk, d), dtype=np.float64)
+    failed = lib.anomstream_candidates(
+        x.ctypes.data, n, d, center.ctypes.data, weights.ctypes.data, width, kk, out.ctypes.data,
+        scratch.ctypes.data, None if xs is None else xs.ctypes.data, None if rows is None else rows.ctypes.data,
+        0 if rows is None else rows.shape[0], None if sq is None else sq.ctypes.data)
     if failed < 0:
         raise RuntimeError(f"compiled neighbour search refused sizes d={d}, width={width}, kk={kk}")
-    return out, int(failed)
+    return out, int(failed), sq
 
 
 class NeighbourSplit:
@@ -160,11 +176,16 @@ class NeighbourSplit:
         found: dict[str, Any] = {}
         for s in self.cut.searches:
             x = head[s.x] if s.x in head else feed[s.x]
-            out, failed = candidates(x, s.center, s.weights, s.kk)
+            exact = None
+            if s.exact is not None:
+                exact = (head[s.exact.x] if s.exact.x in head else feed[s.exact.x], s.exact.rows)
+            out, failed, sq = candidates(x, s.center, s.weights, s.kk, exact)
             if failed:
                 self.fallbacks += 1
                 return list(self._whole.run(names, feed, options))
             found[s.output] = out
+            if s.exact is not None:
+                found[s.exact.output] = sq
         tail_names = [n for n in names if n in self._tail_made]
         tail_feed = {n: head[n] if n in head else found[n] if n in found else feed[n] for n in self.cut.tail_inputs}
         tail = dict(zip(tail_names, self._tail.run(tail_names, tail_feed, options))) if tail_names else {}

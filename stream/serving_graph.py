@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "TOP_INDEX", "TOP_SHARE", "NeighbourCut", "NeighbourSearch", "contribution_handover", "cuda_capturable",
+    "TOP_INDEX", "TOP_SHARE", "ExactStage", "NeighbourCut", "NeighbourSearch", "contribution_handover", "cuda_capturable",
     "fused_affine", "neighbour_cut", "pruned", "top_contributions",
     "with_inputs", "with_outputs", "without_imputation",
 ]
@@ -415,6 +415,21 @@ class NeighbourSearch:
     weights: NDArray[np.float32]
     kk: int
     output: str
+    exact: ExactStage | None = None
+
+
+@dataclass(frozen=True)
+class ExactStage:
+    """The start of the exact stage after a search: ``output`` = ``(float64(x)[:, None, :] - rows[candidates])**2``.
+
+    ``x`` [N, D] float32, ``rows`` [M, D] float64; ``output`` [N, kk, D]
+    float64 (``Gather``, ``Cast``, ``Tile``, ``Reshape``, ``Sub``, ``Mul``
+    in the graph: element-wise, so any code gives its bits).
+    """
+
+    x: str
+    rows: NDArray[np.float64]
+    output: str
 
 
 @dataclass(frozen=True)
@@ -440,7 +455,9 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     are the grouped search's operators only, hold one ``MatMul`` by a
     float32 constant ``[D + 1, width]`` (width a multiple of 64), one
     ``ReduceMin`` and ``TopK`` nodes all keeping the same constant ``kk``,
-    and feed nothing else.  Anything else leaves the graph whole.
+    and feed nothing else.  Anything else leaves the graph whole.  Where the
+    exact stage after a search starts as :class:`ExactStage` describes, its
+    first nodes join the search (they read nothing the head does not make).
     """
     from onnx import numpy_helper
 
@@ -461,6 +478,10 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
         if found is None:
             continue
         search, nodes = found
+        exact = _exact_after(search, producer, consts, readers, numpy_helper)
+        if exact is not None:
+            search = replace(search, exact=exact[0])
+            nodes = nodes + exact[1]
         searches.append(search)
         cut |= {id(n) for n in nodes}
     if not searches:
@@ -468,7 +489,8 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     rest = [n for n in graph.node if id(n) not in cut]
     rest_producer = {o: n for n in rest for o in n.output}
     head_ids: set[int] = set()
-    stack = [rest_producer[s.x] for s in searches if s.x in rest_producer]
+    wanted = [s.x for s in searches] + [s.exact.x for s in searches if s.exact is not None]
+    stack = [rest_producer[x] for x in wanted if x in rest_producer]
     while stack:
         node = stack.pop()
         if id(node) in head_ids:
@@ -480,11 +502,11 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     graph_inputs = [i.name for i in graph.input]
     outputs = [o.name for o in graph.output]
     head_made = {o for n in head_nodes for o in n.output}
-    searched = {s.output for s in searches}
+    searched = {s.output for s in searches} | {s.exact.output for s in searches if s.exact is not None}
     tail_reads = set().union(*(_inputs_of(n) for n in tail_nodes)) if tail_nodes else set()
     tail_inputs = [name for name in [*graph_inputs, *sorted(head_made), *sorted(searched)]
                    if name in tail_reads and name not in consts]
-    head_outputs = sorted({s.x for s in searches if s.x in head_made}
+    head_outputs = sorted({x for x in wanted if x in head_made}
                           | {n for n in tail_inputs if n in head_made} | (head_made & set(outputs)))
     info = _tensor_infos(model)
     head = None
@@ -559,3 +581,56 @@ def _search_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], r
         return None
     center = np.zeros(weights.shape[0] - 1, dtype=np.float32)
     return NeighbourSearch(pad.input[0], center, np.ascontiguousarray(weights), kk, out), nodes
+
+
+def _exact_after(search: NeighbourSearch, producer: dict[str, Any], consts: dict[str, Any],
+                 readers: dict[str, list[Any]], numpy_helper: Any) -> tuple[ExactStage, list[Any]] | None:
+    """The exact stage's first nodes reading ``search``'s candidates, or None where they are not there.
+
+    ``Gather(rows, candidates)`` (float64 constant rows), ``Cast(x, double)``
+    tiled ``kk`` times and reshaped to ``[N, kk, D]``, their ``Sub`` and its
+    square (``Mul(diff, diff)``), each read only by the next.
+    """
+    kk = search.kk
+    gathers = [n for n in readers.get(search.output, []) if n.op_type == "Gather" and n.input[1] == search.output
+               and n.input[0] in consts]
+    if len(gathers) != 1:
+        return None
+    gather = gathers[0]
+    rows = numpy_helper.to_array(consts[gather.input[0]])
+    axis = next((a.i for a in gather.attribute if a.name == "axis"), 0)
+    d = search.weights.shape[0] - 1
+    if rows.dtype != np.float64 or rows.ndim != 2 or rows.shape[1] != d or axis != 0:
+        return None
+
+    def sole_reader(name: str, op: str) -> Any | None:
+        got = {id(n): n for n in readers.get(name, [])}
+        if len(got) != 1:
+            return None
+        node = next(iter(got.values()))
+        return node if node.op_type == op else None
+
+    sub = sole_reader(gather.output[0], "Sub")
+    if sub is None or sub.input[1] != gather.output[0] or sub.input[0] not in producer:
+        return None
+    reshape = producer[sub.input[0]]
+    if reshape.op_type != "Reshape" or reshape.input[1] not in consts or reshape.input[0] not in producer:
+        return None
+    tile = producer[reshape.input[0]]
+    if tile.op_type != "Tile" or tile.input[1] not in consts or tile.input[0] not in producer:
+        return None
+    cast = producer[tile.input[0]]
+    to = next((a.i for a in cast.attribute if a.name == "to"), None)
+    if cast.op_type != "Cast" or to != 11 or cast.input[0] in consts:  # 11: DOUBLE
+        return None
+    if (numpy_helper.to_array(consts[reshape.input[1]]).tolist() != [0, kk, d]
+            or numpy_helper.to_array(consts[tile.input[1]]).tolist() != [1, kk]):
+        return None
+    mul = sole_reader(sub.output[0], "Mul")
+    if mul is None or list(mul.input) != [sub.output[0], sub.output[0]]:
+        return None
+    for node, nxt in ((cast, tile), (tile, reshape), (reshape, sub)):
+        if [id(r) for r in readers.get(node.output[0], [])] != [id(nxt)]:
+            return None
+    stage = ExactStage(cast.input[0], np.ascontiguousarray(rows), mul.output[0])
+    return stage, [gather, cast, tile, reshape, sub, mul]

@@ -11,7 +11,10 @@
  * in the last place; the exact float64 stage after it re-ranks the candidates,
  * and its margin covers such near-ties (see neighbours.py).
  *
- * Candidates come out in ascending column order.  AVX-512F only: the
+ * Candidates come out in ascending column order.  Where the graph's exact
+ * stage starts with the per-feature squared differences to the candidates'
+ * float64 rows, those are written here too, row by row while the row's
+ * candidates are fresh (element-wise, so the graph's bits).  AVX-512F only: the
  * Python side uses the graph where anomstream_native_supported() says no.
  */
 #include <math.h>
@@ -170,12 +173,33 @@ size_t anomstream_scratch_floats(int d, int width)
     return (size_t)ROWS * width + (size_t)ROWS * gpad + (size_t)ROWS * d + 2 * ((size_t)width + 16);
 }
 
+/* The exact stage's first step for one searched row: sq[i][k] = (double(xs[k]) - ref[cand[i]][k])^2, the
+ * graph's Cast, Tile, Gather, Sub and Mul (element-wise and correctly rounded, so the graph's bits). */
+__attribute__((target("avx512f")))
+static int exact_row(const float *xs, int d, const double *ref, int64_t ref_rows, const int64_t *cand, int kk,
+                     double *sq)
+{
+    for (int i = 0; i < kk; i++) {
+        if (cand[i] < 0 || cand[i] >= ref_rows) return -1;
+        const double *r = ref + (size_t)cand[i] * d;
+        double *o = sq + (size_t)i * d;
+        for (int k = 0; k < d; k++) {
+            double diff = (double)xs[k] - r[k];
+            o[k] = diff * diff;
+        }
+    }
+    return 0;
+}
+
 /* x: [n, d] float32 rows (row-major); center: [d]; W: [d + 1, width]; cand: [n, kk] int64 out.
+ * With sq (else NULL): xs [n, d] float32 and ref [ref_rows, d] float64 in, sq [n, kk, d] float64 out
+ * (exact_row) for every searched row.
  * Returns the number of rows not searched (NaN or infinity in the row, or after centring), -1 on bad
  * sizes; their candidates are left undefined. */
 __attribute__((target("avx512f")))
 int anomstream_candidates(const float *x, int n, int d, const float *center, const float *W, int width, int kk,
-                          int64_t *cand, float *scratch)
+                          int64_t *cand, float *scratch, const float *xs, const double *ref, int64_t ref_rows,
+                          double *sq)
 {
     int groups = width / GROUP;
     if (d < 1 || width < GROUP || width % GROUP || groups > MAX_GROUPS || kk < 1 || kk > MAX_KK || kk > groups)
@@ -192,14 +216,21 @@ int anomstream_candidates(const float *x, int n, int d, const float *center, con
         int finite[ROWS];
         for (int r = 0; r < ROWS; r++) finite[r] = centre_row(x + (size_t)(i + r) * d, center, d, xc + r * d);
         products_block(xc, d, W, width, D, gmin, gpad);
-        for (int r = 0; r < ROWS; r++)
-            failed += !finite[r] || select_row(D + (size_t)r * width, gmin + r * gpad, groups, kk,
-                                               cand + (size_t)(i + r) * kk, vbuf, ibuf) != 0;
+        for (int r = 0; r < ROWS; r++) {
+            int64_t *c = cand + (size_t)(i + r) * kk;
+            int bad = !finite[r] || select_row(D + (size_t)r * width, gmin + r * gpad, groups, kk, c, vbuf, ibuf);
+            if (!bad && sq)
+                bad = exact_row(xs + (size_t)(i + r) * d, d, ref, ref_rows, c, kk, sq + (size_t)(i + r) * kk * d);
+            failed += bad != 0;
+        }
     }
     for (; i < n; i++) {
         int finite = centre_row(x + (size_t)i * d, center, d, xc);
         products_row(xc, d, W, width, D, gmin);
-        failed += !finite || select_row(D, gmin, groups, kk, cand + (size_t)i * kk, vbuf, ibuf) != 0;
+        int64_t *c = cand + (size_t)i * kk;
+        int bad = !finite || select_row(D, gmin, groups, kk, c, vbuf, ibuf);
+        if (!bad && sq) bad = exact_row(xs + (size_t)i * d, d, ref, ref_rows, c, kk, sq + (size_t)i * kk * d);
+        failed += bad != 0;
     }
     return failed;
 }

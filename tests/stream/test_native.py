@@ -41,13 +41,20 @@ def test_kernel_finds_the_kk_smallest_products_ties_to_the_lower_column(d: int, 
     w = rng.integers(-4, 5, size=(d + 1, 64 * groups)).astype(np.float32)
     for n in (1, 5, 6, 7, 13, 256):
         x = rng.integers(-4, 5, size=(n, d)).astype(np.float32)
-        got, failed = native.candidates(x, np.zeros(d, np.float32), w, kk)
+        got, failed, _ = native.candidates(x, np.zeros(d, np.float32), w, kk)
         assert failed == 0
         np.testing.assert_array_equal(got, _expected(x, w, kk), err_msg=f"{n} rows")
     centre = rng.integers(-2, 3, size=d).astype(np.float32)
     x = rng.integers(-4, 5, size=(40, d)).astype(np.float32)
-    got, _ = native.candidates(x, centre, w, kk)
+    got, _, _ = native.candidates(x, centre, w, kk)
     np.testing.assert_array_equal(got, _expected(x - centre, w, kk), err_msg="centred in the kernel")
+    # the exact stage's first step, on other rows (the graph feeds the unscaled ones there)
+    xs = rng.normal(size=(40, d)).astype(np.float32)
+    rows = rng.normal(size=(64 * groups, d))
+    again, failed, sq = native.candidates(x, centre, w, kk, (xs, rows))
+    assert failed == 0 and sq is not None
+    np.testing.assert_array_equal(again, got)
+    np.testing.assert_array_equal(sq, (xs.astype(np.float64)[:, None, :] - rows[got]) ** 2)
 
 
 def test_kernel_reports_rows_it_cannot_rank_and_refuses_bad_sizes() -> None:
@@ -55,10 +62,10 @@ def test_kernel_reports_rows_it_cannot_rank_and_refuses_bad_sizes() -> None:
     w = rng.normal(size=(5, 64 * 8)).astype(np.float32)
     x = rng.normal(size=(20, 4)).astype(np.float32)
     x[[2, 9], 1] = np.nan
-    got, failed = native.candidates(x, np.zeros(4, np.float32), w, 3)
+    got, failed, _ = native.candidates(x, np.zeros(4, np.float32), w, 3)
     assert failed == 2
     good = np.delete(np.arange(20), [2, 9])
-    ok, _ = native.candidates(x[good], np.zeros(4, np.float32), w, 3)
+    ok, _, _ = native.candidates(x[good], np.zeros(4, np.float32), w, 3)
     np.testing.assert_array_equal(got[good], ok)
     with pytest.raises(RuntimeError, match="refused"):
         native.candidates(x, np.zeros(4, np.float32), w[:, :100], 3)  # width not a multiple of 64
@@ -108,6 +115,7 @@ def test_neighbour_graphs_are_cut_around_every_search(name: str, artifacts: dict
     assert cut is not None
     assert [s.kk for s in cut.searches] == {"knn": [7], "lof": [22], "ensemble": [7, 22]}[name]
     assert all(s.output in cut.tail_inputs for s in cut.searches)
+    assert all(s.exact is not None and s.exact.output in cut.tail_inputs for s in cut.searches)
     # the same after the load-time rewrites the core makes first
     fused = serving_graph.fused_affine(model) or model
     for derived in (fused, serving_graph.without_imputation(fused), serving_graph.pruned(fused, ["score"])[0]):
