@@ -316,6 +316,25 @@ _COSTLY = {"TopK", "MatMul", "Gemm", "TreeEnsembleRegressor", "TreeEnsembleClass
 _HANDOVER_WIDTH = 64  # at most this many values per row are handed from the score call to the contributions call
 
 
+def _ancestors(producer: dict[str, Any], names: set[str], *, stop: str | None = None) -> list[Any]:
+    """The nodes (of those in ``producer``, by output name) that the tensors ``names`` are computed from.
+
+    Nodes of type ``stop`` are included but not walked past.
+    """
+    seen: set[int] = set()
+    out: list[Any] = []
+    stack = [producer[n] for n in names if n in producer]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        if node.op_type != stop:
+            stack.extend(producer[i] for i in _inputs_of(node) if i in producer)
+    return out
+
+
 def contribution_handover(model: Any) -> list[str]:
     """Tensors the score call can hand to the alerting rows' contributions call, sparing its costly part.
 
@@ -339,22 +358,9 @@ def contribution_handover(model: Any) -> list[str]:
         if node.op_type in _COSTLY or behind_costly.intersection(_inputs_of(node)):
             behind_costly.update(node.output)
 
-    def ancestors(names: set[str]) -> list[Any]:
-        seen: set[int] = set()
-        out: list[Any] = []
-        stack = [producer[n] for n in names if n in producer]
-        while stack:
-            node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            out.append(node)
-            stack.extend(producer[i] for i in _inputs_of(node) if i in producer)
-        return out
-
-    score_side = {id(n) for n in ancestors({"score"})}
+    score_side = {id(n) for n in _ancestors(producer, {"score"})}
     handover: list[str] = []
-    stack = [i for n in ancestors({"contributions"}) if id(n) not in score_side for i in _inputs_of(n)]
+    stack = [i for n in _ancestors(producer, {"contributions"}) if id(n) not in score_side for i in _inputs_of(n)]
     visited: set[str] = set()
     while stack:
         name = stack.pop()
@@ -488,15 +494,8 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
         return None
     rest = [n for n in graph.node if id(n) not in cut]
     rest_producer = {o: n for n in rest for o in n.output}
-    head_ids: set[int] = set()
     wanted = [s.x for s in searches] + [s.exact.x for s in searches if s.exact is not None]
-    stack = [rest_producer[x] for x in wanted if x in rest_producer]
-    while stack:
-        node = stack.pop()
-        if id(node) in head_ids:
-            continue
-        head_ids.add(id(node))
-        stack.extend(rest_producer[i] for i in _inputs_of(node) if i in rest_producer)
+    head_ids = {id(n) for n in _ancestors(rest_producer, set(wanted))}
     head_nodes = [n for n in rest if id(n) in head_ids]
     tail_nodes = [n for n in rest if id(n) not in head_ids]
     graph_inputs = [i.name for i in graph.input]
@@ -536,25 +535,12 @@ def _search_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], r
     (whether the centring is a ``Sub`` or, after :func:`fused_affine`, part of
     a ``BatchNormalization``, it stays in the head).
     """
-    nodes: list[Any] = []
-    seen: set[int] = set()
-    stack = [producer[out]]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
+    nodes = _ancestors(producer, {out}, stop="Pad")
+    for node in nodes:
         if node.op_type not in _SEARCH_OPS or node.domain not in ("", "ai.onnx"):
             return None
-        if node.op_type == "Pad":
-            continue  # the search's start: the rows it pads come from outside
-        for name in _inputs_of(node):
-            if name in consts:
-                continue
-            if name not in producer:
-                return None  # a graph input reached without passing the Pad
-            stack.append(producer[name])
+        if node.op_type != "Pad" and any(i not in consts and i not in producer for i in _inputs_of(node)):
+            return None  # a graph input reached without passing the Pad
     ops = [n.op_type for n in nodes]
     if ops.count("MatMul") != 1 or ops.count("ReduceMin") != 1 or ops.count("Pad") != 1:
         return None
