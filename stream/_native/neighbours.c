@@ -13,8 +13,8 @@
  *
  * Candidates come out in ascending column order.  Where the graph's exact
  * stage starts with the per-feature squared differences to the candidates'
- * float64 rows, those are written here too, row by row while the row's
- * candidates are fresh (element-wise, so the graph's bits).  AVX-512F only: the
+ * float64 rows, those are written here too, a block of rows after its search
+ * (its rows prefetched meanwhile; element-wise, so the graph's bits).  AVX-512F only: the
  * Python side uses the graph where anomstream_native_supported() says no.
  */
 #include <math.h>
@@ -191,6 +191,28 @@ static int exact_row(const float *xs, int d, const double *ref, int64_t ref_rows
     return 0;
 }
 
+/* Ask for the cache lines of the candidates' reference rows. */
+static void prefetch_rows(const double *ref, int64_t ref_rows, int d, const int64_t *cand, int kk)
+{
+    for (int i = 0; i < kk; i++) {
+        if (cand[i] < 0 || cand[i] >= ref_rows) continue;
+        const char *row = (const char *)(ref + (size_t)cand[i] * d);
+        for (size_t b = 0; b < (size_t)d * sizeof(double); b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+    }
+}
+
+/* exact_row for the searched rows (ok) of the block of ROWS rows from `start`; the rows it could not take. */
+static int exact_block(const float *xs, int d, const double *ref, int64_t ref_rows, const int64_t *cand, int kk,
+                       double *sq, int start, const int *ok)
+{
+    int failed = 0;
+    for (int r = 0; r < ROWS; r++) {
+        size_t row = (size_t)(start + r);
+        if (ok[r]) failed += exact_row(xs + row * d, d, ref, ref_rows, cand + row * kk, kk, sq + row * kk * d) != 0;
+    }
+    return failed;
+}
+
 /* x: [n, d] float32 rows (row-major); center: [d]; W: [d + 1, width]; cand: [n, kk] int64 out.
  * With sq (else NULL): xs [n, d] float32 and ref [ref_rows, d] float64 in, sq [n, kk, d] float64 out
  * (exact_row) for every searched row.
@@ -212,18 +234,23 @@ int anomstream_candidates(const float *x, int n, int d, const float *center, con
     int32_t *ibuf = (int32_t *)(vbuf + width + 16);
     for (int i = 0; i < ROWS * gpad; i++) gmin[i] = INFINITY;
     int failed = 0, i = 0;
+    /* A block's exact step waits for the next block's products: its reference rows, prefetched after its
+     * search, arrive while the products compute. */
+    int pending = -1, ok[ROWS];
     for (; i + ROWS <= n; i += ROWS) {
         int finite[ROWS];
         for (int r = 0; r < ROWS; r++) finite[r] = centre_row(x + (size_t)(i + r) * d, center, d, xc + r * d);
         products_block(xc, d, W, width, D, gmin, gpad);
+        if (pending >= 0) failed += exact_block(xs, d, ref, ref_rows, cand, kk, sq, pending, ok);
         for (int r = 0; r < ROWS; r++) {
             int64_t *c = cand + (size_t)(i + r) * kk;
-            int bad = !finite[r] || select_row(D + (size_t)r * width, gmin + r * gpad, groups, kk, c, vbuf, ibuf);
-            if (!bad && sq)
-                bad = exact_row(xs + (size_t)(i + r) * d, d, ref, ref_rows, c, kk, sq + (size_t)(i + r) * kk * d);
-            failed += bad != 0;
+            ok[r] = finite[r] && !select_row(D + (size_t)r * width, gmin + r * gpad, groups, kk, c, vbuf, ibuf);
+            failed += !ok[r];
+            if (ok[r] && sq) prefetch_rows(ref, ref_rows, d, c, kk);
         }
+        pending = sq ? i : -1;
     }
+    if (pending >= 0) failed += exact_block(xs, d, ref, ref_rows, cand, kk, sq, pending, ok);
     for (; i < n; i++) {
         int finite = centre_row(x + (size_t)i * d, center, d, xc);
         products_row(xc, d, W, width, D, gmin);
