@@ -705,7 +705,7 @@ class Scorer:
     def _bind_session(self) -> None:
         # The C session's run skips InferenceSession.run's per-call input validation
         # (1-1.5 µs, a tenth of a batch-1 call); the input was validated above.
-        self._run_c = getattr(self._session, "_sess", self._session).run
+        self._run_c = _c_session(self._session).run
         self._binding: ort.IOBinding | None = (
             self._session.io_binding() if self.provider == "CUDAExecutionProvider" else None
         )

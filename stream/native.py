@@ -95,13 +95,15 @@ def available() -> bool:
     return _library() is not None
 
 
-def candidates(x: NDArray[np.float32], center: NDArray[np.float32], weights: NDArray[np.float32], kk: int,
-               exact: tuple[NDArray[np.float32], NDArray[np.float64]] | None = None,
+def candidates(x: NDArray[np.float32], weights: NDArray[np.float32], kk: int,
+               exact: tuple[NDArray[np.float32], NDArray[np.float64]] | None = None, *,
+               center: NDArray[np.float32] | None = None,
                ) -> tuple[NDArray[np.int64], int, NDArray[np.float64] | None]:
     """The ``kk`` columns of smallest ``[x - center, 1] @ weights`` per row, how many rows failed, and the exact stage.
 
-    ``x`` [N, D] float32, ``center`` [D] float32, ``weights`` [D + 1, width]
-    float32 (width a multiple of 64, ``kk`` at most 64 and at most width / 64).
+    ``x`` [N, D] float32, ``weights`` [D + 1, width] float32 (width a
+    multiple of 64, ``kk`` at most 64 and at most width / 64), ``center``
+    [D] float32 (zero by default: the graphs' searches take centred rows).
     Each row's columns come in ascending order (ties at the ``kk``-th
     product go to the lower column).  A row holding NaN or an infinity is
     not searched: its columns are undefined and it counts as failed.  With
@@ -116,6 +118,9 @@ def candidates(x: NDArray[np.float32], center: NDArray[np.float32], weights: NDA
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
     width = weights.shape[1]
+    if weights.shape[0] != d + 1:
+        raise RuntimeError(f"weights {weights.shape} for {d} features")
+    center = np.zeros(d, dtype=np.float32) if center is None else np.ascontiguousarray(center, dtype=np.float32)
     out = np.empty((n, kk), dtype=np.int64)
     size = lib.anomstream_scratch_floats(d, width)
     scratch = getattr(_scratch, "buf", None)
@@ -153,9 +158,6 @@ class NeighbourSplit:
     def __init__(self, cut: NeighbourCut, session: Any, whole: Any) -> None:
         if _library() is None:
             raise RuntimeError("the compiled neighbour search is not available")
-        for s in cut.searches:
-            if s.weights.shape[0] != s.center.shape[0] + 1:
-                raise ValueError(f"search {s.output!r}: weights {s.weights.shape} for {s.center.shape[0]} features")
         self.cut = cut
         self._head = session(cut.head) if cut.head is not None else None
         self._tail = session(cut.tail)
@@ -179,7 +181,7 @@ class NeighbourSplit:
             exact = None
             if s.exact is not None:
                 exact = (head[s.exact.x] if s.exact.x in head else feed[s.exact.x], s.exact.rows)
-            out, failed, sq = candidates(x, s.center, s.weights, s.kk, exact)
+            out, failed, sq = candidates(x, s.weights, s.kk, exact)
             if failed:
                 self.fallbacks += 1
                 return list(self._whole.run(names, feed, options))

@@ -412,12 +412,11 @@ class NeighbourSearch:
 
     The nodes from ``Pad(x)`` to ``output`` compute, for each row of ``x``
     [N, D] (float32, centred), the ``kk`` columns of smallest float32 product
-    ``[x - center, 1] @ weights`` (``center`` zero) (weights [D + 1, width], width a multiple
-    of 64), as int64 [N, kk] (``models.zoo.neighbours``).
+    ``[x, 1] @ weights`` (weights [D + 1, width], width a multiple of 64), as
+    int64 [N, kk] (``models.zoo.neighbours``).
     """
 
     x: str
-    center: NDArray[np.float32]
     weights: NDArray[np.float32]
     kk: int
     output: str
@@ -448,7 +447,6 @@ class NeighbourCut:
     searches: list[NeighbourSearch]
     tail: Any
     tail_inputs: list[str]
-    outputs: list[str]
 
 
 def neighbour_cut(model: Any) -> NeighbourCut | None:
@@ -499,14 +497,14 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     head_nodes = [n for n in rest if id(n) in head_ids]
     tail_nodes = [n for n in rest if id(n) not in head_ids]
     graph_inputs = [i.name for i in graph.input]
-    outputs = [o.name for o in graph.output]
+    outputs = {o.name for o in graph.output}
     head_made = {o for n in head_nodes for o in n.output}
     searched = {s.output for s in searches} | {s.exact.output for s in searches if s.exact is not None}
     tail_reads = set().union(*(_inputs_of(n) for n in tail_nodes)) if tail_nodes else set()
     tail_inputs = [name for name in [*graph_inputs, *sorted(head_made), *sorted(searched)]
                    if name in tail_reads and name not in consts]
     head_outputs = sorted({x for x in wanted if x in head_made}
-                          | {n for n in tail_inputs if n in head_made} | (head_made & set(outputs)))
+                          | {n for n in tail_inputs if n in head_made} | (head_made & outputs))
     info = _tensor_infos(model)
     head = None
     if head_nodes:
@@ -524,7 +522,7 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     del tail.graph.output[:]
     tail.graph.output.extend(kept)
     _drop_unused_initializers(tail.graph)
-    return NeighbourCut(head, head_outputs, searches, tail, tail_inputs, outputs)
+    return NeighbourCut(head, head_outputs, searches, tail, tail_inputs)
 
 
 def _search_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], readers: dict[str, list[Any]],
@@ -565,8 +563,7 @@ def _search_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], r
     kk = int(ks.pop())
     if not 1 <= kk <= min(64, weights.shape[1] // 64):
         return None
-    center = np.zeros(weights.shape[0] - 1, dtype=np.float32)
-    return NeighbourSearch(pad.input[0], center, np.ascontiguousarray(weights), kk, out), nodes
+    return NeighbourSearch(pad.input[0], np.ascontiguousarray(weights), kk, out), nodes
 
 
 def _exact_after(search: NeighbourSearch, producer: dict[str, Any], consts: dict[str, Any],

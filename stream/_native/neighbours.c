@@ -2,9 +2,10 @@
  * columns per block of rows, keeping each row's group minima, then the
  * selection on values still in cache.
  *
- * It computes what the exported graph's nodes from the centring Sub to the
- * `candidates` tensor compute (models/zoo/neighbours.py): for each row x, the
- * float32 products [x - c, 1] . W[:, j] over the reference columns j (W is
+ * It computes what the exported graph's nodes from the Pad (appending a one
+ * to the centred rows) to the `candidates` tensor compute
+ * (models/zoo/neighbours.py): for each row x, the float32 products
+ * [x - c, 1] . W[:, j] (c zero for the graphs) over the reference columns j (W is
  * the graph's [d + 1, width] `ref_weights`, width a multiple of 64, groups of
  * 64 columns), the kk columns of smallest product, which lie within the kk
  * groups of smallest minimum.  Rounding may differ from onnxruntime's MatMul
@@ -35,9 +36,12 @@ int anomstream_native_supported(void)
     return __builtin_cpu_supports("avx512f");
 }
 
-/* Products of ROWS centred rows with every column into D[ROWS][width], and each group's minimum. */
-__attribute__((target("avx512f")))
-static void products_block(const float *xc, int d, const float *W, int width, float *D, float *gmin, int gstride)
+/* Products of `rows` centred rows (ROWS, or 1 for the batch's last rows) with every column into
+ * D[rows][width], and each group's minimum into gmin[r * gstride + g].  Inlined with a constant `rows`,
+ * so the accumulators stay in registers (6 rows: 24 of them, 4 weight vectors and a broadcast). */
+__attribute__((target("avx512f"), always_inline))
+static inline void products(const float *xc, int d, const float *W, int width, float *D, float *gmin, int gstride,
+                            const int rows)
 {
     int groups = width / GROUP;
     const float *bias = W + (size_t)d * width;
@@ -45,13 +49,13 @@ static void products_block(const float *xc, int d, const float *W, int width, fl
         __m512 acc[ROWS][4];
         for (int j = 0; j < 4; j++) {
             __m512 b = _mm512_loadu_ps(bias + g * GROUP + 16 * j);
-            for (int r = 0; r < ROWS; r++) acc[r][j] = b;
+            for (int r = 0; r < rows; r++) acc[r][j] = b;
         }
         for (int k = 0; k < d; k++) {
             const float *wk = W + (size_t)k * width + g * GROUP;
             __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16);
             __m512 w2 = _mm512_loadu_ps(wk + 32), w3 = _mm512_loadu_ps(wk + 48);
-            for (int r = 0; r < ROWS; r++) {
+            for (int r = 0; r < rows; r++) {
                 __m512 xb = _mm512_set1_ps(xc[r * d + k]);
                 acc[r][0] = _mm512_fmadd_ps(xb, w0, acc[r][0]);
                 acc[r][1] = _mm512_fmadd_ps(xb, w1, acc[r][1]);
@@ -59,36 +63,12 @@ static void products_block(const float *xc, int d, const float *W, int width, fl
                 acc[r][3] = _mm512_fmadd_ps(xb, w3, acc[r][3]);
             }
         }
-        for (int r = 0; r < ROWS; r++) {
+        for (int r = 0; r < rows; r++) {
             float *dr = D + (size_t)r * width + g * GROUP;
             for (int j = 0; j < 4; j++) _mm512_storeu_ps(dr + 16 * j, acc[r][j]);
             __m512 m = _mm512_min_ps(_mm512_min_ps(acc[r][0], acc[r][1]), _mm512_min_ps(acc[r][2], acc[r][3]));
             gmin[r * gstride + g] = _mm512_reduce_min_ps(m);
         }
-    }
-}
-
-/* The same for one row. */
-__attribute__((target("avx512f")))
-static void products_row(const float *xc, int d, const float *W, int width, float *D, float *gmin)
-{
-    int groups = width / GROUP;
-    const float *bias = W + (size_t)d * width;
-    for (int g = 0; g < groups; g++) {
-        __m512 a0 = _mm512_loadu_ps(bias + g * GROUP), a1 = _mm512_loadu_ps(bias + g * GROUP + 16);
-        __m512 a2 = _mm512_loadu_ps(bias + g * GROUP + 32), a3 = _mm512_loadu_ps(bias + g * GROUP + 48);
-        for (int k = 0; k < d; k++) {
-            const float *wk = W + (size_t)k * width + g * GROUP;
-            __m512 xb = _mm512_set1_ps(xc[k]);
-            a0 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(wk), a0);
-            a1 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(wk + 16), a1);
-            a2 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(wk + 32), a2);
-            a3 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(wk + 48), a3);
-        }
-        float *dr = D + g * GROUP;
-        _mm512_storeu_ps(dr, a0); _mm512_storeu_ps(dr + 16, a1);
-        _mm512_storeu_ps(dr + 32, a2); _mm512_storeu_ps(dr + 48, a3);
-        gmin[g] = _mm512_reduce_min_ps(_mm512_min_ps(_mm512_min_ps(a0, a1), _mm512_min_ps(a2, a3)));
     }
 }
 
@@ -240,7 +220,7 @@ int anomstream_candidates(const float *x, int n, int d, const float *center, con
     for (; i + ROWS <= n; i += ROWS) {
         int finite[ROWS];
         for (int r = 0; r < ROWS; r++) finite[r] = centre_row(x + (size_t)(i + r) * d, center, d, xc + r * d);
-        products_block(xc, d, W, width, D, gmin, gpad);
+        products(xc, d, W, width, D, gmin, gpad, ROWS);
         if (pending >= 0) failed += exact_block(xs, d, ref, ref_rows, cand, kk, sq, pending, ok);
         for (int r = 0; r < ROWS; r++) {
             int64_t *c = cand + (size_t)(i + r) * kk;
@@ -253,7 +233,7 @@ int anomstream_candidates(const float *x, int n, int d, const float *center, con
     if (pending >= 0) failed += exact_block(xs, d, ref, ref_rows, cand, kk, sq, pending, ok);
     for (; i < n; i++) {
         int finite = centre_row(x + (size_t)i * d, center, d, xc);
-        products_row(xc, d, W, width, D, gmin);
+        products(xc, d, W, width, D, gmin, gpad, 1);
         int64_t *c = cand + (size_t)i * kk;
         int bad = !finite || select_row(D, gmin, groups, kk, c, vbuf, ibuf);
         if (!bad && sq) bad = exact_row(xs + (size_t)i * d, d, ref, ref_rows, c, kk, sq + (size_t)i * kk * d);

@@ -41,17 +41,17 @@ def test_kernel_finds_the_kk_smallest_products_ties_to_the_lower_column(d: int, 
     w = rng.integers(-4, 5, size=(d + 1, 64 * groups)).astype(np.float32)
     for n in (1, 5, 6, 7, 13, 256):
         x = rng.integers(-4, 5, size=(n, d)).astype(np.float32)
-        got, failed, _ = native.candidates(x, np.zeros(d, np.float32), w, kk)
+        got, failed, _ = native.candidates(x, w, kk)
         assert failed == 0
         np.testing.assert_array_equal(got, _expected(x, w, kk), err_msg=f"{n} rows")
     centre = rng.integers(-2, 3, size=d).astype(np.float32)
     x = rng.integers(-4, 5, size=(40, d)).astype(np.float32)
-    got, _, _ = native.candidates(x, centre, w, kk)
+    got, _, _ = native.candidates(x, w, kk, center=centre)
     np.testing.assert_array_equal(got, _expected(x - centre, w, kk), err_msg="centred in the kernel")
     # the exact stage's first step, on other rows (the graph feeds the unscaled ones there)
     xs = rng.normal(size=(40, d)).astype(np.float32)
     rows = rng.normal(size=(64 * groups, d))
-    again, failed, sq = native.candidates(x, centre, w, kk, (xs, rows))
+    again, failed, sq = native.candidates(x, w, kk, (xs, rows), center=centre)
     assert failed == 0 and sq is not None
     np.testing.assert_array_equal(again, got)
     np.testing.assert_array_equal(sq, (xs.astype(np.float64)[:, None, :] - rows[got]) ** 2)
@@ -62,15 +62,15 @@ def test_kernel_reports_rows_it_cannot_rank_and_refuses_bad_sizes() -> None:
     w = rng.normal(size=(5, 64 * 8)).astype(np.float32)
     x = rng.normal(size=(20, 4)).astype(np.float32)
     x[[2, 9], 1] = np.nan
-    got, failed, _ = native.candidates(x, np.zeros(4, np.float32), w, 3)
+    got, failed, _ = native.candidates(x, w, 3)
     assert failed == 2
     good = np.delete(np.arange(20), [2, 9])
-    ok, _, _ = native.candidates(x[good], np.zeros(4, np.float32), w, 3)
+    ok, _, _ = native.candidates(x[good], w, 3)
     np.testing.assert_array_equal(got[good], ok)
     with pytest.raises(RuntimeError, match="refused"):
-        native.candidates(x, np.zeros(4, np.float32), w[:, :100], 3)  # width not a multiple of 64
+        native.candidates(x, w[:, :100], 3)  # width not a multiple of 64
     with pytest.raises(RuntimeError, match="refused"):
-        native.candidates(x, np.zeros(4, np.float32), w, 9)  # more candidates than groups
+        native.candidates(x, w, 9)  # more candidates than groups
 
 
 def _artifact(root: Path, name: str, model: object, X: np.ndarray) -> Artifact:
