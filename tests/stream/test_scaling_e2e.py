@@ -3,6 +3,15 @@
 Both get partitions (read from their JSON logs); one is SIGKILLed mid-stream,
 the other takes its partitions over, and every event still has a score record
 (at-least-once: the duplicates are printed).
+
+The score records are counted from a read of the scores topic from its start
+once both instances are done.  A reader tailing it meanwhile (the one that
+times the SIGKILL) can miss records on the embedded broker: Tansu 0.6 lets a
+fetch return a batch appended by one producer before an earlier batch of the
+same partition from another producer is readable, and the reader's position
+moves past the earlier one (measured: 2 of 6 two-producer runs skipped 16-17
+of 60,000 records; a re-read from the start found all of them; one producer,
+0 of 8).  The records are in the topic; only that reader skipped them.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.broker import ensure_topics
 from stream.synthetic import SyntheticStream
@@ -77,28 +86,46 @@ async def _produce_paced(bootstrap: str, topic: str, payloads: list[tuple[bytes 
 
 
 async def _run(bootstrap: str, prefix: str, payloads: list[tuple[bytes | None, bytes]],
-               victim: subprocess.Popen[bytes]) -> tuple[list[dict[str, Any]], int]:
+               victim: subprocess.Popen[bytes]) -> int:
+    """Offer the events; SIGKILL ``victim`` once a third have score records; wait for (about) all of them."""
     consumer = AIOKafkaConsumer(f"{prefix}.scores", bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
     await consumer.start()
     producing = asyncio.create_task(_produce_paced(bootstrap, f"{prefix}.events", payloads))
-    records: list[dict[str, Any]] = []
+    seen: set[int] = set()
     killed_at = -1
     try:
         deadline = time.monotonic() + 150
-        while len({r["id"] for r in records}) < N and time.monotonic() < deadline:
+        # This reader can skip a batch (module docstring), so it waits for all but a few.
+        while len(seen) < N - 100 and time.monotonic() < deadline:
             for msgs in (await consumer.getmany(timeout_ms=300, max_records=5000)).values():
-                records.extend(orjson.loads(m.value) for m in msgs)
-            if killed_at < 0 and len(records) >= N // 3:
+                seen.update(orjson.loads(m.value)["id"] for m in msgs)
+            if killed_at < 0 and len(seen) >= N // 3:
                 victim.send_signal(signal.SIGKILL)
-                killed_at = len(records)
+                killed_at = len(seen)
         await producing
-        for msgs in (await consumer.getmany(timeout_ms=1500, max_records=50_000)).values():
-            records.extend(orjson.loads(m.value) for m in msgs)
     finally:
         producing.cancel()
         await consumer.stop()
-    return records, killed_at
+    return killed_at
+
+
+async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every record of ``topic``, from its start to the end offsets it has now."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=100)
+    await consumer.start()
+    records: list[dict[str, Any]] = []
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = await consumer.end_offsets(parts)
+        deadline = time.monotonic() + 60
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end] and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=300, max_records=50_000)).values():
+                records.extend(orjson.loads(m.value) for m in msgs)
+    finally:
+        await consumer.stop()
+    return records
 
 
 def test_two_instances_share_partitions_and_one_takes_over_after_sigkill(
@@ -119,18 +146,19 @@ def test_two_instances_share_partitions_and_one_takes_over_after_sigkill(
               and not _assignments(logs[0])[-1] & _assignments(logs[1])[-1], 90, "both instances to hold partitions")
         shares = [sorted(_assignments(p)[-1]) for p in logs]
         payloads = _events(N, SyntheticStream(n_features=6, seed=8))
-        records, killed_at = asyncio.run(_run(broker, prefix, payloads, a))
+        killed_at = asyncio.run(_run(broker, prefix, payloads, a))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         rc_b = b.wait(timeout=60)
         a.wait(timeout=10)
+    records = asyncio.run(_read_all(broker, f"{prefix}.scores"))  # b has drained and committed: all are written
     ids = Counter(r["id"] for r in records)
     by_partition = Counter(r["source"]["partition"] for r in records)
     after = [sorted(s) for s in _assignments(logs[1])]
     print(f"\npartitions at start: a={shares[0]} b={shares[1]}; b's assignments over time: {after}")
-    print(f"SIGKILL of a after {killed_at} score records; {len(records)} records in all, "
+    print(f"SIGKILL of a after {killed_at} scored ids; {len(records)} records in all, "
           f"{sum(ids.values()) - len(ids)} duplicates, {N - len(ids)} missing; per source partition {dict(by_partition)}")
     assert rc_b == 0, logs[1].read_text()[-3000:]
     assert set(ids) == set(range(N))
