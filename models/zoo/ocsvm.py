@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from onnx import TensorProto
 from sklearn.svm import OneClassSVM
 
 from models.detector import Detector, FloatRange, ParamSpec
@@ -37,8 +38,10 @@ class OCSVM(Detector):
     all kernels underflow, the nearest ones still carry the weight.  This is
     a heuristic attribution, not a Shapley value.
 
-    The ONNX export computes the kernel in float64 from one Gemm of
-    centred rows against the support vectors.
+    The ONNX export computes the kernel's logits in float64 from one Gemm
+    of centred rows against the support vectors, their exponentials in
+    float32 after the shift by each row's largest logit (so every value is
+    at most 0), and the sums in float64.
 
     Parameters
     ----------
@@ -137,7 +140,13 @@ class OCSVM(Detector):
         log_a = np.log(self.dual_coef_)
         partial = ref.onnx_partial_sq_distances(g, xc, scale=-self.gamma_, offset=log_a)
         top = g.node("ReduceMax", [partial], axes=[1], keepdims=1, name_hint="top_logit")
-        e = g.node("Exp", [g.node("Sub", [partial, top])], name_hint="shifted_kernel")
+        # The shifted logits are <= 0, so float32 holds each to ~6e-8 of its size, and a term's
+        # error grows with its distance below the top while its weight e^shifted shrinks: the Exp
+        # runs in float32 (onnxruntime's float64 Exp took 3.4 of the 5.9 ms of a 256-row batch
+        # against 2,508 support vectors) and the sums in float64.
+        shifted = g.node("Cast", [g.node("Sub", [partial, top])], to=TensorProto.FLOAT)
+        e = g.node("Cast", [g.node("Exp", [shifted], name_hint="shifted_kernel32")], to=TensorProto.DOUBLE,
+                   name_hint="shifted_kernel")
         axes = g.initializer("axes1", np.array([1], dtype=np.int64))
         e_sum = g.node("ReduceSum", [e, axes], keepdims=1, name_hint="shifted_sum")
         neg_gamma = g.initializer("neg_gamma", np.array(-self.gamma_))
