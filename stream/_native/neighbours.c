@@ -16,7 +16,8 @@
  * stage starts with the per-feature squared differences to the candidates'
  * float64 rows, those are written here too, a block of rows after its search
  * (its rows prefetched meanwhile; element-wise, so the graph's bits).  AVX-512F only: the
- * Python side uses the graph where anomstream_native_supported() says no.
+ * Python side uses the graph where anomstream_native_supported() says no.  With AVX512-BF16 the products
+ * run first in bfloat16 with a bound (products_bf16, select_row_bf16): the same candidates, sooner.
  */
 #include <math.h>
 #include <stddef.h>
@@ -34,6 +35,13 @@ int anomstream_native_supported(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
+}
+
+/* Whether the bfloat16 prefilter (products_bf16) runs here. */
+int anomstream_bf16_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
 }
 
 /* Products of `rows` centred rows (ROWS, or 1 for the batch's last rows) with every column into
@@ -135,6 +143,225 @@ static int select_row(const float *D, float *gmin, int groups, int kk, int64_t *
     return 0;
 }
 
+/* The prefilter.  Products in bfloat16 pairs (vdpbf16ps: twice the multiply-adds of float32 FMA per
+ * instruction) approximate each product; a bound on their distance from the float32 products keeps every
+ * column that can be among the kk smallest; those few get their float32 products, computed as products()
+ * computes them (the bias, then one FMA per feature in order: the same bits), and the kk smallest by
+ * (product, column) are taken from them.  So the candidates are those of the float32 search.
+ *
+ * The bound, per row and group of 64 columns (models/zoo/neighbours.py keeps W finite):
+ *   |approx - float32| <= (2^-7 + 2^-15 + (2d + 6) 2^-24) |x| maxnorm_g + gconst_g
+ * where |x| is the row's Euclidean norm, maxnorm_g the largest norm of the group's weight columns (without
+ * the bias) and gconst_g = (2d + 6) 2^-24 max |bias| + a term for flushed denormals, both from the caller
+ * (native.prefilter).  Rounding x and W to bfloat16 (nearest, ties to even) errs by 2^-8 of each value,
+ * so by (2^-7 + 2^-16) of sum |x_k W_kj| <= |x| |W_j| per product; the float32 sums of both ways err by
+ * 2^-24 of their partial sums per rounding, at most 2d + 2 roundings between them. */
+#define PREFILTER_MAX 256  /* more columns than this within the bound: the row takes the float32 search */
+
+__attribute__((target("avx512f,avx512bf16"), always_inline))
+static inline void products_bf16(const uint32_t *xb, int dp, const uint32_t *Wb, const float *bias, int width,
+                                 float *D, float *gmin, int gstride, const int rows)
+{
+    int groups = width / GROUP;
+    for (int g = 0; g < groups; g++) {
+        __m512 acc[ROWS][4];
+        for (int j = 0; j < 4; j++) {
+            __m512 b = _mm512_loadu_ps(bias + g * GROUP + 16 * j);
+            for (int r = 0; r < rows; r++) acc[r][j] = b;
+        }
+        for (int p = 0; p < dp; p++) {
+            const uint32_t *wp = Wb + (size_t)p * width + g * GROUP;
+            __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp), w1 = (__m512bh)_mm512_loadu_si512(wp + 16);
+            __m512bh w2 = (__m512bh)_mm512_loadu_si512(wp + 32), w3 = (__m512bh)_mm512_loadu_si512(wp + 48);
+            for (int r = 0; r < rows; r++) {
+                __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xb[r * dp + p]);
+                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
+                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
+                acc[r][2] = _mm512_dpbf16_ps(acc[r][2], xv, w2);
+                acc[r][3] = _mm512_dpbf16_ps(acc[r][3], xv, w3);
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            float *dr = D + (size_t)r * width + g * GROUP;
+            for (int j = 0; j < 4; j++) _mm512_storeu_ps(dr + 16 * j, acc[r][j]);
+            __m512 m = _mm512_min_ps(_mm512_min_ps(acc[r][0], acc[r][1]), _mm512_min_ps(acc[r][2], acc[r][3]));
+            gmin[r * gstride + g] = _mm512_reduce_min_ps(m);
+        }
+    }
+}
+
+static uint32_t bf16_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;  /* nearest, ties to even (finite values) */
+}
+
+/* A centred row as bfloat16 pairs (feature 2p low, 2p + 1 high; an odd last one paired with zero) and its
+ * norm; 0 where a value would not round to a finite bfloat16. */
+static int bf16_row(const float *xc, int d, uint32_t *xb, double *norm)
+{
+    double ss = 0.0;
+    for (int k = 0; k < d; k++) {
+        if (!(fabsf(xc[k]) < 3.3e38f)) return 0;
+        ss += (double)xc[k] * xc[k];
+    }
+    for (int p = 0; p < (d + 1) / 2; p++)
+        xb[p] = bf16_bits(xc[2 * p]) | (2 * p + 1 < d ? bf16_bits(xc[2 * p + 1]) << 16 : 0u);
+    *norm = sqrt(ss);
+    return *norm < 1e30;
+}
+
+/* float32 bits as an int32 that orders like the floats (NaN aside). */
+__attribute__((target("avx512f")))
+static inline __m512i ordered(__m512 v)
+{
+    __m512i b = _mm512_castps_si512(v);
+    return _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), _mm512_set1_epi32(0x7FFFFFFF)));
+}
+
+/* a + b rounded up past float32 rounding (each operand's own rounding included): a + b + (|a| + |b|) 2^-21. */
+__attribute__((target("avx512f")))
+static inline __m512 add_up(__m512 a, __m512 b)
+{
+    __m512 mag = _mm512_add_ps(_mm512_abs_ps(a), _mm512_abs_ps(b));
+    return _mm512_add_ps(_mm512_add_ps(a, b), _mm512_mul_ps(mag, _mm512_set1_ps(0x1p-21f)));
+}
+
+/* One row's kk smallest columns by (float32 product, column), in ascending column order, from its bfloat16
+ * products A and their group minima (padded with +inf to a multiple of 16).  WT [width, d + 1] is W
+ * transposed (a column's weights, then its bias).  Returns 0; 1 where more than PREFILTER_MAX columns fall
+ * within the bound (the caller runs the float32 search); -1 where the products do not compare. */
+__attribute__((target("avx512f,fma")))
+static int select_row_bf16(const float *A, const float *gmin, int groups, int kk, const float *xc, int d,
+                           const float *WT, double norm, const float *gnorm, const float *gconst,
+                           int64_t *out, float *vbuf, int32_t *ibuf, float *bound)
+{
+    /* Flushed denormals (vdpbf16ps reads and writes none) add at most 2^-126 per term or sum. */
+    float spread = (float)((0x1p-7 + 0x1p-15 + (2.0 * d + 6.0) * 0x1p-24) * (1.0 + 0x1p-20) * norm);
+    float floor_ = (float)((double)d * 0x1p-120 * norm + 1e-30);
+    int nv = (groups + 15) / 16;
+    __m512 sv = _mm512_set1_ps(spread), fv = _mm512_set1_ps(floor_);
+    /* Per group: its bound, and key = minimum + bound; a group has a column whose float32 product is at
+     * most its key, so the kk-th smallest key U bounds the kk-th smallest product. */
+    __m512i lo = _mm512_set1_epi32(INT32_MAX), hi = _mm512_set1_epi32(INT32_MIN);
+    __m512i keys[MAX_GROUPS / 16];
+    for (int q = 0; q < nv; q++) {
+        __m512 b = add_up(_mm512_mul_ps(sv, _mm512_loadu_ps(gnorm + 16 * q)), _mm512_loadu_ps(gconst + 16 * q));
+        b = add_up(b, fv);
+        _mm512_storeu_ps(bound + 16 * q, b);
+        __m512 m = _mm512_loadu_ps(gmin + 16 * q);
+        if (_mm512_cmp_ps_mask(m, m, _CMP_UNORD_Q)) return -1;
+        __mmask16 live = 16 * q + 16 <= groups ? (__mmask16)0xFFFF : (__mmask16)((1u << (groups - 16 * q)) - 1);
+        /* padding keys: +inf (ordered above every finite key) */
+        keys[q] = _mm512_mask_blend_epi32(live, ordered(_mm512_set1_ps(INFINITY)), ordered(add_up(m, b)));
+        lo = _mm512_mask_min_epi32(lo, live, lo, keys[q]);
+        hi = _mm512_mask_max_epi32(hi, live, hi, keys[q]);
+    }
+    /* U by bisection on the ordered bits: at least kk keys at or below it.  h keeps that property at every
+     * step, so the search stops within 2^14 float32 steps of the kk-th key (~2^-9 of it), well inside the
+     * bounds. */
+    int64_t l = _mm512_reduce_min_epi32(lo), h = _mm512_reduce_max_epi32(hi);
+    while (h - l > (1 << 14)) {
+        int64_t mid = l + ((h - l) >> 1);
+        __m512i mv = _mm512_set1_epi32((int32_t)mid);
+        int count = 0;
+        for (int q = 0; q < nv; q++) count += __builtin_popcount(_mm512_cmp_epi32_mask(keys[q], mv, _MM_CMPINT_LE));
+        if (count >= kk) h = mid;
+        else l = mid + 1;
+    }
+    int32_t ub = (int32_t)h;
+    ub ^= (ub >> 31) & 0x7FFFFFFF;
+    float U;
+    memcpy(&U, &ub, sizeof U);
+    /* Every column whose bfloat16 product is within its group's bound of U, in column order (no branch
+     * per 16 columns: an empty compress stores nothing that counts). */
+    int n = 0;
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 uv = _mm512_set1_ps(U);
+    for (int q = 0; q < nv; q++) {
+        __m512 lim = add_up(uv, _mm512_loadu_ps(bound + 16 * q));
+        unsigned near = _mm512_cmp_ps_mask(_mm512_loadu_ps(gmin + 16 * q), lim, _CMP_LE_OQ);
+        if (16 * q + 16 > groups) near &= (1u << (groups - 16 * q)) - 1;
+        for (; near; near &= near - 1) {
+            int lane = __builtin_ctz(near), g = 16 * q + lane;
+            __m512 tv = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), lim);
+            for (int j = 0; j < 4; j++) {
+                int col = g * GROUP + 16 * j;
+                __mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(A + col), tv, _CMP_LE_OQ);
+                _mm512_storeu_si512(ibuf + n, _mm512_maskz_compress_epi32(
+                                                  k, _mm512_add_epi32(_mm512_set1_epi32(col), lanes)));
+                n += __builtin_popcount(k);
+            }
+            if (n > PREFILTER_MAX) return 1;
+        }
+    }
+    if (n < kk) return -1;
+    /* Their float32 products, as products() computes them: the bias, then one FMA per feature in order
+     * (eight columns side by side: one FMA chain is bound by its latency; gathering 16 columns' weights
+     * took twice as long). */
+    const size_t stride = (size_t)d + 1;
+    int s = 0;
+    for (; s + 8 <= n; s += 8) {
+        const float *w[8];
+        float a[8];
+        for (int c = 0; c < 8; c++) {
+            w[c] = WT + (size_t)ibuf[s + c] * stride;
+            a[c] = w[c][d];
+        }
+        for (int k = 0; k < d; k++) {
+            float xk = xc[k];
+            for (int c = 0; c < 8; c++) a[c] = fmaf(xk, w[c][k], a[c]);
+        }
+        for (int c = 0; c < 8; c++) vbuf[s + c] = a[c];
+    }
+    for (; s < n; s++) {
+        const float *w = WT + (size_t)ibuf[s] * stride;
+        float a = w[d];
+        for (int k = 0; k < d; k++) a = fmaf(xc[k], w[k], a);
+        vbuf[s] = a;
+    }
+    /* The kk-th smallest product v (bisection on the ordered bits), then every column below v and the first
+     * ones at v (the columns ascend: a tie goes to the lower column), in column order. */
+    int nq = (n + 15) / 16;
+    __m512i vals[PREFILTER_MAX / 16];
+    lo = _mm512_set1_epi32(INT32_MAX);
+    hi = _mm512_set1_epi32(INT32_MIN);
+    for (int q = 0; q < nq; q++) {
+        __mmask16 live = 16 * q + 16 <= n ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - 16 * q)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(live, vbuf + 16 * q);
+        if (_mm512_mask_cmp_ps_mask(live, v, v, _CMP_UNORD_Q)) return -1;
+        /* + 0: -0 becomes +0, the float order's tie */
+        vals[q] = _mm512_mask_blend_epi32(live, _mm512_set1_epi32(INT32_MAX), ordered(_mm512_add_ps(v, _mm512_setzero_ps())));
+        lo = _mm512_mask_min_epi32(lo, live, lo, vals[q]);
+        hi = _mm512_mask_max_epi32(hi, live, hi, vals[q]);
+    }
+    l = _mm512_reduce_min_epi32(lo);
+    h = _mm512_reduce_max_epi32(hi);
+    while (l < h) {
+        int64_t mid = l + ((h - l) >> 1);
+        __m512i mv = _mm512_set1_epi32((int32_t)mid);
+        int count = 0;
+        for (int q = 0; q < nq; q++) count += __builtin_popcount(_mm512_cmp_epi32_mask(vals[q], mv, _MM_CMPINT_LE));
+        if (count >= kk) h = mid;
+        else l = mid + 1;
+    }
+    __m512i vk = _mm512_set1_epi32((int32_t)l);
+    int below = 0;
+    for (int q = 0; q < nq; q++) below += __builtin_popcount(_mm512_cmp_epi32_mask(vals[q], vk, _MM_CMPINT_LT));
+    int ties = kk - below, m = 0;  /* padding lanes hold INT32_MAX: never below, at v only if v is +nan-free max */
+    for (int q = 0; q < nq; q++) {
+        unsigned live = 16 * q + 16 <= n ? 0xFFFFu : (1u << (n - 16 * q)) - 1;
+        unsigned take = _mm512_cmp_epi32_mask(vals[q], vk, _MM_CMPINT_LT) & live;
+        for (unsigned eq = _mm512_cmp_epi32_mask(vals[q], vk, _MM_CMPINT_EQ) & live; eq && ties > 0; eq &= eq - 1) {
+            take |= eq & -eq;
+            ties--;
+        }
+        for (; take; take &= take - 1) out[m++] = ibuf[16 * q + __builtin_ctz(take)];
+    }
+    return m == kk ? 0 : -1;
+}
+
 /* x - center into xc; whether every value is finite (a row with NaN or an infinity is not searched). */
 static int centre_row(const float *x, const float *center, int d, float *xc)
 {
@@ -150,7 +377,8 @@ static int centre_row(const float *x, const float *center, int d, float *xc)
 size_t anomstream_scratch_floats(int d, int width)
 {
     int gpad = (width / GROUP + 15) / 16 * 16;
-    return (size_t)ROWS * width + (size_t)ROWS * gpad + (size_t)ROWS * d + 2 * ((size_t)width + 16);
+    return (size_t)ROWS * width + (size_t)ROWS * gpad + (size_t)ROWS * d + 2 * ((size_t)width + 16)
+        + (size_t)width + (size_t)gpad + (size_t)ROWS * ((d + 1) / 2) + (size_t)gpad;
 }
 
 /* The exact stage's first step for one searched row: sq[i][k] = (double(xs[k]) - ref[cand[i]][k])^2, the
@@ -193,38 +421,72 @@ static int exact_block(const float *xs, int d, const double *ref, int64_t ref_ro
     return failed;
 }
 
+/* The float32 search of one centred row (products into D1, group minima into gmin1). */
+__attribute__((target("avx512f")))
+static int row_f32(const float *xc, int d, const float *W, int width, int kk, float *D1, float *gmin1, int gpad,
+                   int64_t *c, float *vbuf, int32_t *ibuf)
+{
+    products(xc, d, W, width, D1, gmin1, gpad, 1);
+    return select_row(D1, gmin1, width / GROUP, kk, c, vbuf, ibuf);
+}
+
 /* x: [n, d] float32 rows (row-major); center: [d]; W: [d + 1, width]; cand: [n, kk] int64 out.
  * With sq (else NULL): xs [n, d] float32 and ref [ref_rows, d] float64 in, sq [n, kk, d] float64 out
  * (exact_row) for every searched row.
+ * With Wb (else NULL; only where anomstream_bf16_supported()): the bfloat16 prefilter, Wb [(d + 1) / 2, width]
+ * pairs of W's rows 2p (low half) and 2p + 1 (high half, zero past d), WT [width, d + 1] W transposed, and
+ * per group of 64 columns gnorm (the largest Euclidean norm of its columns of W without the bias row) and
+ * gconst (see products_bf16), both rounded up; the candidates are the same as without it.
  * Returns the number of rows not searched (NaN or infinity in the row, or after centring), -1 on bad
  * sizes; their candidates are left undefined. */
-__attribute__((target("avx512f")))
+__attribute__((target("avx512f,avx512bf16")))
 int anomstream_candidates(const float *x, int n, int d, const float *center, const float *W, int width, int kk,
                           int64_t *cand, float *scratch, const float *xs, const double *ref, int64_t ref_rows,
-                          double *sq)
+                          double *sq, const uint32_t *Wb, const float *WT, const float *gnorm, const float *gconst)
 {
     int groups = width / GROUP;
     if (d < 1 || width < GROUP || width % GROUP || groups > MAX_GROUPS || kk < 1 || kk > MAX_KK || kk > groups)
         return -1;
-    int gpad = (groups + 15) / 16 * 16;
+    int gpad = (groups + 15) / 16 * 16, dp = (d + 1) / 2;
     float *D = scratch;
     float *gmin = D + (size_t)ROWS * width;
     float *xc = gmin + (size_t)ROWS * gpad;
     float *vbuf = xc + (size_t)ROWS * d;
     int32_t *ibuf = (int32_t *)(vbuf + width + 16);
+    float *D1 = (float *)(ibuf + width + 16);
+    float *gmin1 = D1 + width;
+    uint32_t *xb = (uint32_t *)(gmin1 + gpad);
+    float *bound = (float *)(xb + (size_t)ROWS * dp);
     for (int i = 0; i < ROWS * gpad; i++) gmin[i] = INFINITY;
+    for (int i = 0; i < gpad; i++) gmin1[i] = INFINITY;
+    const float *bias = W + (size_t)d * width;
     int failed = 0, i = 0;
     /* A block's exact step waits for the next block's products: its reference rows, prefetched after its
      * search, arrive while the products compute. */
     int pending = -1, ok[ROWS];
     for (; i + ROWS <= n; i += ROWS) {
-        int finite[ROWS];
-        for (int r = 0; r < ROWS; r++) finite[r] = centre_row(x + (size_t)(i + r) * d, center, d, xc + r * d);
-        products(xc, d, W, width, D, gmin, gpad, ROWS);
+        int finite[ROWS], pre[ROWS];
+        double norm[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            finite[r] = centre_row(x + (size_t)(i + r) * d, center, d, xc + r * d);
+            pre[r] = Wb && finite[r] && bf16_row(xc + r * d, d, xb + r * dp, &norm[r]);
+            if (Wb && !pre[r]) memset(xb + r * dp, 0, sizeof(uint32_t) * (size_t)dp);
+        }
+        if (Wb) products_bf16(xb, dp, Wb, bias, width, D, gmin, gpad, ROWS);
+        else products(xc, d, W, width, D, gmin, gpad, ROWS);
         if (pending >= 0) failed += exact_block(xs, d, ref, ref_rows, cand, kk, sq, pending, ok);
         for (int r = 0; r < ROWS; r++) {
             int64_t *c = cand + (size_t)(i + r) * kk;
-            ok[r] = finite[r] && !select_row(D + (size_t)r * width, gmin + r * gpad, groups, kk, c, vbuf, ibuf);
+            int st = -1;
+            if (!finite[r]) st = -1;
+            else if (!Wb) st = select_row(D + (size_t)r * width, gmin + r * gpad, groups, kk, c, vbuf, ibuf);
+            else {
+                st = pre[r] ? select_row_bf16(D + (size_t)r * width, gmin + r * gpad, groups, kk, xc + r * d, d, WT,
+                                              norm[r], gnorm, gconst, c, vbuf, ibuf, bound)
+                            : 1;
+                if (st == 1) st = row_f32(xc + r * d, d, W, width, kk, D1, gmin1, gpad, c, vbuf, ibuf);
+            }
+            ok[r] = st == 0;
             failed += !ok[r];
             if (ok[r] && sq) prefetch_rows(ref, ref_rows, d, c, kk);
         }
@@ -233,9 +495,19 @@ int anomstream_candidates(const float *x, int n, int d, const float *center, con
     if (pending >= 0) failed += exact_block(xs, d, ref, ref_rows, cand, kk, sq, pending, ok);
     for (; i < n; i++) {
         int finite = centre_row(x + (size_t)i * d, center, d, xc);
-        products(xc, d, W, width, D, gmin, gpad, 1);
         int64_t *c = cand + (size_t)i * kk;
-        int bad = !finite || select_row(D, gmin, groups, kk, c, vbuf, ibuf);
+        int st = -1;
+        double norm = 0.0;
+        if (!finite) st = -1;
+        else if (Wb && bf16_row(xc, d, xb, &norm)) {
+            products_bf16(xb, dp, Wb, bias, width, D, gmin, gpad, 1);
+            st = select_row_bf16(D, gmin, groups, kk, xc, d, WT, norm, gnorm, gconst, c, vbuf, ibuf, bound);
+            if (st == 1) st = row_f32(xc, d, W, width, kk, D1, gmin1, gpad, c, vbuf, ibuf);
+        } else {
+            products(xc, d, W, width, D, gmin, gpad, 1);
+            st = select_row(D, gmin, groups, kk, c, vbuf, ibuf);
+        }
+        int bad = st != 0;
         if (!bad && sq) bad = exact_row(xs + (size_t)i * d, d, ref, ref_rows, c, kk, sq + (size_t)i * kk * d);
         failed += bad != 0;
     }

@@ -57,6 +57,74 @@ def test_kernel_finds_the_kk_smallest_products_ties_to_the_lower_column(d: int, 
     np.testing.assert_array_equal(sq, (xs.astype(np.float64)[:, None, :] - rows[got]) ** 2)
 
 
+_BF16 = pytest.mark.skipif(
+    not native.available() or native.prefilter(np.zeros((2, 64), dtype=np.float32)) is None,
+    reason="this CPU has no AVX512-BF16: no prefilter",
+)
+
+
+def _search_weights(rng: np.random.Generator, d: int, width: int, scale: float = 1.0) -> np.ndarray:
+    """A squared-distance search's weights: ``-2 s`` per feature and ``|s|^2`` as the bias row."""
+    ref = (rng.normal(size=(width, d)) * scale).astype(np.float32)
+    return np.vstack([-2.0 * ref.T, (ref.astype(np.float64) ** 2).sum(axis=1)[None, :]]).astype(np.float32)
+
+
+@_BF16
+@pytest.mark.parametrize(("d", "groups", "kk"), [(1, 2, 1), (5, 3, 3), (8, 16, 7), (32, 79, 22), (33, 130, 64)])
+def test_prefilter_finds_the_candidates_of_the_float32_search(d: int, groups: int, kk: int) -> None:
+    """bfloat16 products and a bound, then float32 for the columns near the cut: the same columns, every row."""
+    rng = np.random.default_rng(d * 7 + groups)
+    for scale in (1.0, 1e-3, 50.0):
+        w = _search_weights(rng, d, 64 * groups, scale)
+        pre = native.prefilter(w)
+        assert pre is not None
+        x = (rng.normal(size=(301, d)) * scale).astype(np.float32)
+        x[::9] *= 4.0  # far rows
+        x[5] = -w[:d, 17] / 2.0  # a row on a reference row
+        xs = rng.normal(size=x.shape).astype(np.float32)
+        rows = rng.normal(size=(64 * groups, d))
+        want, failed, sq_want = native.candidates(x, w, kk, (xs, rows))
+        got, failed_pre, sq = native.candidates(x, w, kk, (xs, rows), pre=pre)
+        assert failed == failed_pre == 0
+        np.testing.assert_array_equal(got, want, err_msg=f"scale {scale}")
+        np.testing.assert_array_equal(sq, sq_want)
+        np.testing.assert_array_equal(native.candidates(x, np.asfortranarray(w), kk)[0], want)
+
+
+@_BF16
+def test_prefilter_keeps_ties_and_hands_crowded_rows_to_the_float32_search() -> None:
+    rng = np.random.default_rng(11)
+    # small integers: many equal products, the lower column must win
+    w = rng.integers(-3, 4, size=(9, 64 * 20)).astype(np.float32)
+    x = rng.integers(-3, 4, size=(97, 8)).astype(np.float32)
+    pre = native.prefilter(w)
+    assert pre is not None
+    got, failed, _ = native.candidates(x, w, 9, pre=pre)
+    assert failed == 0
+    np.testing.assert_array_equal(got, _expected(x, w, 9))
+    # every reference row alike: every column lies within the bound, so rows take the float32 search
+    same = np.repeat(_search_weights(rng, 8, 1), 64 * 12, axis=1)
+    got, failed, _ = native.candidates(x, same, 5, pre=native.prefilter(same))
+    assert failed == 0
+    np.testing.assert_array_equal(got, np.broadcast_to(np.arange(5), (97, 5)))
+    # rows too large for bfloat16 products take it too; NaN rows still fail
+    big = x.copy()
+    big[::4] *= np.float32(1e35)
+    big[3, 2] = np.nan
+    want, failed, _ = native.candidates(big, w, 9)
+    got, failed_pre, _ = native.candidates(big, w, 9, pre=pre)
+    assert failed == failed_pre == 1
+    ok = np.delete(np.arange(len(big)), 3)
+    np.testing.assert_array_equal(got[ok], want[ok])
+
+
+def test_prefilter_refuses_weights_it_cannot_bound() -> None:
+    w = np.ones((5, 128), dtype=np.float32)
+    w[2, 7] = np.inf
+    assert native.prefilter(w) is None
+    assert native.prefilter(np.ones((5, 100), dtype=np.float32)) is None  # not in groups of 64
+
+
 def test_kernel_reports_rows_it_cannot_rank_and_refuses_bad_sizes() -> None:
     rng = np.random.default_rng(3)
     w = rng.normal(size=(5, 64 * 8)).astype(np.float32)
