@@ -1,8 +1,16 @@
-"""Build hook: compiles the neighbour search (stream/_native/neighbours.c) into the package.
+"""Build hook: compiles the package's C sources into stream/_native/.
 
-The library is plain C loaded with ctypes (``stream/native.py``), so it does
-not depend on the Python version.  Without a C compiler the package still
-installs and the core runs the neighbour graphs whole (a warning says so).
+* ``neighbours.c``, the neighbour search: plain C loaded with ctypes
+  (``stream/native.py``), so it does not depend on the Python version.
+* ``grading.c``, the calibration, threshold and severity of a batch
+  (``stream/core.py``): a CPython extension module, built for the Python
+  that builds the wheel (its headers, ``Python.h``, are needed).
+
+With the extension the wheel is tagged for that Python
+(``cpXY-cpXY-<platform>``), with the library alone ``py3-none-<platform>``.
+Without a C compiler (or without ``Python.h`` for the extension) the package
+still installs and the core runs the numpy and onnxruntime paths (a warning
+says so).  An editable install compiles both into the working tree.
 """
 
 from __future__ import annotations
@@ -20,37 +28,80 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 SOURCE = Path("stream/_native/neighbours.c")
 LIBRARY = Path("stream/_native/libanomstream_neighbours.so")
 FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror"]
+EXT_SOURCE = Path("stream/_native/grading.c")
+# No contraction of a multiply and an add into an FMA: the scores must be np.interp's bits.
+EXT_FLAGS = [*FLAGS, "-ffp-contract=off"]
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _compile(cc: str, flags: list[str], source: Path, target: Path, without: str) -> bool:
+    """Compile ``source`` into ``target`` (through a temporary file); False with a warning where it fails."""
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        done = subprocess.run([cc, *flags, "-o", str(tmp), str(source)], check=False, capture_output=True, text=True)
+    except OSError as exc:
+        done = subprocess.CompletedProcess([cc], 127, "", str(exc))
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        print(f"anomstream: {source.name} did not compile ({cc}), {without}:\n{done.stderr}", file=sys.stderr)
+        return False
+    tmp.replace(target)
+    return True
 
 
 def build(root: Path) -> Path | None:
     """Compile the library next to its source; its path, or None where no compiler could."""
-    source, library = root / SOURCE, root / LIBRARY
     if sys.platform != "linux":
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = _compiler()
+    without = "neighbour graphs will run whole"
     if cc is None:
-        print(f"anomstream: no C compiler: {SOURCE} not built, neighbour graphs will run whole", file=sys.stderr)
+        print(f"anomstream: no C compiler: {SOURCE} not built, {without}", file=sys.stderr)
         return None
-    tmp = library.with_suffix(".so.tmp")
-    try:
-        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(source)], check=False, capture_output=True, text=True)
-    except OSError as exc:
-        done = subprocess.CompletedProcess([cc], 127, "", str(exc))
-    if done.returncode != 0:
-        print(f"anomstream: {SOURCE} did not compile ({cc}), neighbour graphs will run whole:\n{done.stderr}",
-              file=sys.stderr)
+    library = root / LIBRARY
+    return library if _compile(cc, FLAGS, root / SOURCE, library, without) else None
+
+
+def extension_path() -> Path:
+    """Where the extension module goes, relative to the root (this Python's suffix)."""
+    return EXT_SOURCE.with_name("_grading" + str(sysconfig.get_config_var("EXT_SUFFIX")))
+
+
+def build_extension(root: Path) -> Path | None:
+    """Compile the extension module next to its source; its path, or None where it could not be built."""
+    if sys.platform != "linux" or sys.implementation.name != "cpython":
         return None
-    tmp.replace(library)
-    return library
+    without = "scores are graded in numpy"
+    cc = _compiler()
+    include = sysconfig.get_paths()["include"]
+    if cc is None or not (Path(include) / "Python.h").is_file():
+        what = "no C compiler" if cc is None else f"no Python.h in {include}"
+        print(f"anomstream: {what}: {EXT_SOURCE} not built, {without}", file=sys.stderr)
+        return None
+    module = root / extension_path()
+    return module if _compile(cc, [*EXT_FLAGS, f"-I{include}"], root / EXT_SOURCE, module, without) else None
 
 
 class CustomBuildHook(BuildHookInterface):  # type: ignore[misc]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel":
             return
-        library = build(Path(self.root))
+        root = Path(self.root)
+        library, module = build(root), build_extension(root)
+        platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
         if library is not None:
-            build_data["pure_python"] = False
-            # Plain C loaded with ctypes: any Python 3, this platform only.
-            build_data["tag"] = "py3-none-" + sysconfig.get_platform().replace("-", "_").replace(".", "_")
             build_data["force_include"][str(library)] = str(LIBRARY)
+        if module is not None:
+            build_data["force_include"][str(module)] = str(extension_path())
+            # An extension module: this CPython's ABI only.
+            abi = f"cp{sys.version_info.major}{sys.version_info.minor}"
+            abi += "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
+            build_data["pure_python"] = False
+            build_data["tag"] = f"{abi}-{abi}-{platform}"
+        elif library is not None:
+            # Plain C loaded with ctypes: any Python 3, this platform only.
+            build_data["pure_python"] = False
+            build_data["tag"] = "py3-none-" + platform

@@ -1,0 +1,11 @@
+"""Calibration, threshold and severity of raw scores in one pass (``grading.c``)."""
+
+from typing import Any
+
+class Grader:
+    def __init__(
+        self, base_x: Any, base_y: Any, slope: Any, next_knot: Any, start: Any, inv: float, k: int,
+        first: float, last: float, right: float, *, fix_right: bool, threshold: float, cuts: Any,
+        alerting_only: bool,
+    ) -> None: ...
+    def run(self, raw: Any, score: Any, anomaly: Any, severity: Any, rows: Any, /) -> int: ...

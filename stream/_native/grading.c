@@ -1,0 +1,230 @@
+/* Calibration, threshold and severity of a batch's raw scores in one pass (stream/core.py, Scorer.score).
+ *
+ * A CPython extension module (stream._native._grading) on the plain C API and the buffer protocol, no
+ * numpy headers.  A Grader holds a copy of the card's knot table (models.calibration.KnotLookup),
+ * threshold and severity cuts; Grader.run(raw, score, anomaly, severity, rows) fills the four arrays
+ * the caller allocated and returns how many rows alert (their indices lead ``rows``).  Per value it does
+ * KnotLookup.__call__'s operations in its order, which give np.interp(x, xp, fp, left, right) bit for
+ * bit; it is built with -ffp-contract=off, so no multiply and add are fused.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* KnotLookup's table for n knots, the grid's start counts in 16 bits (128 KB at most, 512 KB as intp). */
+typedef struct {
+    const double *base_x, *base_y, *slope; /* n + 1 entries */
+    const double *next_knot;               /* n + k + 1 entries, NaN from n */
+    const uint16_t *start;                 /* one per grid cell, each in [0, n] */
+    double first, last, inv, top, right;   /* top: the last cell */
+    int k, fix_right;
+} Knots;
+
+typedef struct {
+    PyObject_HEAD
+    Knots knots;
+    double threshold, cuts[4];
+    int alerting_only;
+    void *memory; /* the table's arrays, one allocation */
+} Grader;
+
+static void grader_dealloc(Grader *self) {
+    PyMem_Free(self->memory);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The format's type character, past a native byte-order prefix; 0 for anything else. */
+static char format_char(const Py_buffer *view) {
+    const char *f = view->format;
+    if (f == NULL) return 'B';
+    if (*f == '@' || *f == '=' || (*f == '<' && PY_LITTLE_ENDIAN) || (*f == '>' && !PY_LITTLE_ENDIAN)) f++;
+    return (f[0] != '\0' && f[1] == '\0') ? f[0] : 0;
+}
+
+static int is_intp(const Py_buffer *view) {
+    char c = format_char(view);
+    return view->itemsize == (Py_ssize_t)sizeof(Py_ssize_t) && (c == 'n' || c == 'l' || c == 'q');
+}
+
+static int is_float64(const Py_buffer *view) { return format_char(view) == 'd' && view->itemsize == 8; }
+
+static int grader_init(Grader *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"base_x", "base_y", "slope", "next_knot", "start", "inv", "k", "first", "last",
+                            "right", "fix_right", "threshold", "cuts", "alerting_only", NULL};
+    PyObject *objs[6];
+    Knots t = {0};
+    double threshold;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOdiddd$pdOp", names, &objs[0], &objs[1], &objs[2],
+                                     &objs[3], &objs[4], &t.inv, &t.k, &t.first, &t.last, &t.right,
+                                     &t.fix_right, &threshold, &objs[5], &self->alerting_only))
+        return -1;
+    if (self->memory != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a Grader is initialised once");
+        return -1;
+    }
+    Py_buffer v[6];
+    int got = 0, ok = 1;
+    for (; got < 6; got++)
+        if (PyObject_GetBuffer(objs[got], &v[got], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) break;
+    if (got < 6) {
+        ok = -1;
+        goto done;
+    }
+    Py_ssize_t n = v[0].len / 8 - 1, cells = v[4].len / (Py_ssize_t)sizeof(Py_ssize_t);
+    ok = is_float64(&v[0]) && is_float64(&v[1]) && is_float64(&v[2]) && is_float64(&v[3]) && is_intp(&v[4]) &&
+         is_float64(&v[5]) && n >= 2 && n < 65536 && v[1].len == v[0].len && v[2].len == v[0].len && t.k >= 1 &&
+         v[3].len == (n + t.k + 1) * 8 && cells >= 1 && v[5].len == 4 * 8 && t.inv >= 0.0;
+    const Py_ssize_t *start = v[4].buf;
+    const double *next = v[3].buf, *cuts = v[5].buf;
+    for (Py_ssize_t i = 0; ok && i < cells; i++) ok = start[i] >= 0 && start[i] <= n;
+    /* Past the knots next_knot is NaN: the count stops at n, so every table index stays in range. */
+    for (Py_ssize_t i = n; ok && i < n + t.k + 1; i++) ok = isnan(next[i]);
+    /* np.searchsorted needs sorted cuts; counting the cuts at or below a score is the same then. */
+    for (int j = 0; ok && j < 4; j++) ok = !isnan(cuts[j]) && (j == 0 || cuts[j - 1] <= cuts[j]);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError,
+                        "inconsistent knot table (or over 65,535 knots), or severity cuts not 4 ascending numbers");
+        goto done;
+    }
+    size_t doubles = (size_t)(4 * (n + 1) + t.k);
+    char *memory = PyMem_Malloc(doubles * 8 + (size_t)cells * 2);
+    if (memory == NULL) {
+        PyErr_NoMemory();
+        ok = 0;
+        goto done;
+    }
+    double *d = (double *)memory;
+    uint16_t *s = (uint16_t *)(d + doubles);
+    memcpy(d, v[0].buf, (size_t)v[0].len);
+    memcpy(d + (n + 1), v[1].buf, (size_t)v[1].len);
+    memcpy(d + 2 * (n + 1), v[2].buf, (size_t)v[2].len);
+    memcpy(d + 3 * (n + 1), v[3].buf, (size_t)v[3].len);
+    for (Py_ssize_t i = 0; i < cells; i++) s[i] = (uint16_t)start[i];
+    t.base_x = d, t.base_y = d + (n + 1), t.slope = d + 2 * (n + 1), t.next_knot = d + 3 * (n + 1), t.start = s;
+    t.top = (double)(cells - 1);
+    self->memory = memory;
+    self->knots = t;
+    self->threshold = threshold;
+    memcpy(self->cuts, cuts, sizeof self->cuts);
+done:
+    for (int j = 0; j < got; j++) PyBuffer_Release(&v[j]);
+    return ok == 1 ? 0 : -1;
+}
+
+/* KnotLookup.__call__ for one value. */
+static inline double calibrate(const Knots t, double x) {
+    double y = x < t.first ? t.first : x; /* np.maximum, np.minimum: NaN stays NaN */
+    y = y > t.last ? t.last : y;
+    double u = (y - t.first) * t.inv;
+    u = u > 0.0 ? u : 0.0;   /* np.fmax(u, 0): NaN → cell 0 (fmax itself is a libm call) */
+    u = u < t.top ? u : t.top; /* a no-op on a consistent table: bounds the index */
+    Py_ssize_t i = t.start[(Py_ssize_t)u];
+    for (int j = 0; j < t.k; j++) i += x >= t.next_knot[i];
+    y -= t.base_x[i];
+    y *= t.slope[i];
+    y += t.base_y[i];
+    return t.fix_right && x > t.last ? t.right : y;
+}
+
+/* run(raw, score, anomaly, severity, rows) -> number of alerting rows. */
+static PyObject *grader_run(Grader *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "run() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer v[5];
+    int got = 0;
+    Py_ssize_t alerts = -1;
+    for (; got < 5; got++)
+        if (PyObject_GetBuffer(args[got], &v[got], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got ? PyBUF_WRITABLE : 0)) < 0)
+            goto done;
+    const int f32 = format_char(&v[0]) == 'f' && v[0].itemsize == 4;
+    const Py_ssize_t n = v[0].len / (v[0].itemsize ? v[0].itemsize : 1);
+    if (!(f32 || is_float64(&v[0])) || !is_float64(&v[1]) || v[1].len != n * 8 || format_char(&v[2]) != '?' ||
+        v[2].len != n || format_char(&v[3]) != 'b' || v[3].len != n || !is_intp(&v[4]) ||
+        v[4].len != n * (Py_ssize_t)sizeof(Py_ssize_t)) {
+        PyErr_SetString(PyExc_TypeError, "run() takes float32 or float64 raw scores and as many float64, bool, "
+                                         "int8 and intp outputs, contiguous");
+        goto done;
+    }
+    const float *raw32 = v[0].buf;
+    const double *raw64 = v[0].buf;
+    double *restrict score = v[1].buf;
+    unsigned char *restrict anomaly = v[2].buf;
+    signed char *restrict severity = v[3].buf;
+    Py_ssize_t *restrict rows = v[4].buf;
+    const Knots t = self->knots; /* locals: the stores below cannot alias them */
+    const double threshold = self->threshold, c0 = self->cuts[0], c1 = self->cuts[1], c2 = self->cuts[2],
+                 c3 = self->cuts[3];
+    const int alerting_only = self->alerting_only;
+    if (f32)
+        for (Py_ssize_t r = 0; r < n; r++) score[r] = calibrate(t, (double)raw32[r]);
+    else
+        for (Py_ssize_t r = 0; r < n; r++) score[r] = calibrate(t, raw64[r]);
+    /* Most rows score below the threshold and the first cut: a predictable branch skips their grading. */
+    const double low = threshold < c0 ? threshold : c0;
+    Py_ssize_t m = 0;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        const double y = score[r];
+        if (y < low) {
+            anomaly[r] = 0;
+            severity[r] = 0;
+            continue;
+        }
+        const int alert = y >= threshold;
+        /* np.searchsorted(cuts, y, side="right"): the cuts at or below y, NaN after every cut. */
+        const int grade = isnan(y) ? 4 : (y >= c0) + (y >= c1) + (y >= c2) + (y >= c3);
+        anomaly[r] = (unsigned char)alert;
+        severity[r] = (signed char)(alerting_only && !alert ? 0 : grade);
+        rows[m] = r;
+        m += alert;
+    }
+    alerts = m;
+done:
+    for (int j = 0; j < got; j++) PyBuffer_Release(&v[j]);
+    return alerts < 0 ? NULL : PyLong_FromSsize_t(alerts);
+}
+
+static PyMethodDef grader_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))grader_run, METH_FASTCALL,
+     "run(raw, score, anomaly, severity, rows) -> int\n\nFill the calibrated scores, anomaly flags and severity "
+     "codes of ``raw``; the alerting rows' indices lead ``rows``, their count is returned."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject GraderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "stream._native._grading.Grader",
+    .tp_basicsize = sizeof(Grader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Grader(base_x, base_y, slope, next_knot, start, inv, k, first, last, right, *, fix_right, "
+              "threshold, cuts, alerting_only)\n\nA card's knot table (models.calibration.KnotLookup), threshold "
+              "and severity cuts, copied.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)grader_init,
+    .tp_dealloc = (destructor)grader_dealloc,
+    .tp_methods = grader_methods,
+};
+
+static struct PyModuleDef grading_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "stream._native._grading",
+    .m_doc = "Calibration, threshold and severity of raw scores in one pass (stream/core.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__grading(void) {
+    if (PyType_Ready(&GraderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&grading_module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&GraderType);
+    if (PyModule_AddObject(m, "Grader", (PyObject *)&GraderType) < 0) {
+        Py_DECREF(&GraderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
