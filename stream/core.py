@@ -150,7 +150,7 @@ from models.artifact import Artifact, Card
 from models.calibration import SEVERITIES
 from stream import serving_graph
 from stream.errors import ScoringError
-from stream.native import NeighbourSplit
+from stream.native import GridSplit, NeighbourSplit, grid_available
 from stream.native import available as native_available
 
 try:  # built with the package where a C compiler and Python.h were found (hatch_build.py)
@@ -471,13 +471,21 @@ class Scorer:
         split = self._split(model, what, whole)
         return whole if split is None else split
 
-    def _split(self, model: Any, what: str, whole: Any) -> NeighbourSplit | None:
-        """``model`` as head, compiled neighbour searches and tail (:mod:`stream.native`), or None."""
+    def _split(self, model: Any, what: str, whole: Any) -> NeighbourSplit | GridSplit | None:
+        """``model`` as head, compiled neighbour searches and tail, or compiled grid lookup and tail, or None.
+
+        (:mod:`stream.native`.)  The grid lookup is taken for graphs that read
+        no NaN only (the graph without imputation).
+        """
         if not self._native:
             return None
         cut = serving_graph.neighbour_cut(model)
         if cut is None:
-            return None
+            grid = serving_graph.grid_cut(model) if grid_available() and not serving_graph.imputes(model) else None
+            if grid is None:
+                return None
+            log.debug("model %s: %s runs its step-grid lookup compiled", self.ref, what)
+            return GridSplit(grid, lambda part: _c_session(self._cpu_session(part, what)))
         split = NeighbourSplit(cut, lambda part: _c_session(self._cpu_session(part, what)), whole)
         self._splits.add(split)
         log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))

@@ -116,6 +116,13 @@ def pruned(model: Any, outputs: list[str]) -> tuple[Any, bool]:
     return model, len(kept) < len(nodes)
 
 
+def imputes(model: Any) -> bool:
+    """Whether ``model`` replaces NaN in its input (a ``Where(IsNaN(features), _, features)``)."""
+    x = model.graph.input[0].name
+    isnan = {n.output[0] for n in model.graph.node if n.op_type == "IsNaN" and n.input[0] == x}
+    return any(n.op_type == "Where" and n.input[0] in isnan and n.input[2] == x for n in model.graph.node)
+
+
 def without_imputation(model: Any) -> Any | None:
     """A copy of ``model`` for inputs without NaN, or None when it imputes nothing.
 
@@ -401,6 +408,7 @@ def with_outputs(model: Any, names: list[str]) -> Any:
     return model
 
 
+_INT32 = 6  # onnx TensorProto.INT32
 _CANDIDATES = re.compile(r"(^|[_/.])candidates(_\d+)?$")
 _SEARCH_OPS = frozenset({"Pad", "MatMul", "Reshape", "ReduceMin", "TopK", "Unsqueeze", "GatherND",
                          "ReduceMax", "Abs", "Mul", "Add", "Min", "Div", "GatherElements", "Mod"})
@@ -617,3 +625,146 @@ def _exact_after(search: NeighbourSearch, producer: dict[str, Any], consts: dict
             return None
     stage = ExactStage(cast.input[0], np.ascontiguousarray(rows), mul.output[0])
     return stage, [gather, cast, tile, reshape, sub, mul]
+
+
+@dataclass(frozen=True)
+class GridCut:
+    """A graph whose step-grid lookup on its input rows runs compiled (:func:`grid_cut`, :mod:`stream.native`).
+
+    The lookup (``models/step_grid.py``, flat layout; HBOS's bins) turns the
+    input ``x`` [N, D] into ``terms`` [N, D]; ``tail`` is the rest of the
+    graph, reading ``tail_inputs`` (``terms``, and ``x`` where it still reads
+    it).  The arrays are float32: the grid's scale and offset per column
+    (two ``BatchNormalization`` steps), the ``Clip`` bounds, and the flat
+    threshold and value tables.
+    """
+
+    x: str
+    terms: str
+    pos_scale: NDArray[np.float32]
+    pos_bias: NDArray[np.float32]
+    low: float
+    high: float
+    flat_scale: NDArray[np.float32]
+    flat_bias: NDArray[np.float32]
+    thresholds: NDArray[np.float32]
+    values: NDArray[np.float32]
+    tail: Any
+    tail_inputs: list[str]
+
+
+def grid_cut(model: Any) -> GridCut | None:
+    """``model`` cut after the step-grid lookup on its input rows, or None where it has no such lookup.
+
+    The lookup is matched node by node: ``BatchNormalization`` of a graph
+    input (mean 0, variance 1, epsilon 0), ``Clip`` by two constants, a
+    second such ``BatchNormalization``, ``Cast`` to int32 and a ``Reshape``
+    to one row (the cells); the input reshaped the same way; a
+    ``GatherElements`` of a ``[1, K]`` float32 threshold table at the cells,
+    ``Less`` than the input, ``Cast`` to int32, ``Add`` to the cells, a
+    ``GatherElements`` of a ``[1, K]`` value table there, and a ``Reshape``
+    back to ``[N, D]``.  Its intermediate tensors must feed nothing else, and
+    every cell the clipped range can reach must leave room for the step in
+    the tables.  The compiled lookup rounds each step as these nodes do, so
+    the terms are the graph's bits.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in _inputs_of(node):
+            readers.setdefault(name, []).append(node)
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+
+    def only(name: str, op: str) -> Any | None:
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op and name not in outputs else None
+
+    def attr(node: Any, key: str, default: Any) -> Any:
+        from onnx import helper
+
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == key), default)
+
+    def bn(node: Any | None) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
+        if node is None or len(node.input) != 5 or any(i not in consts for i in node.input[1:]):
+            return None
+        scale, bias, mean, var = (consts[i] for i in node.input[1:])
+        if attr(node, "epsilon", 1e-5) != 0.0 or scale.dtype != np.float32 or bias.dtype != np.float32:
+            return None
+        if scale.ndim != 1 or bias.shape != scale.shape or np.any(mean != 0) or np.any(var != 1):
+            return None
+        return scale, bias
+
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) != 2:
+            continue
+        terms = node.output[0]
+        gather = only(node.input[0], "GatherElements")
+        if gather is None or attr(gather, "axis", 0) != 1 or gather.input[0] not in consts:
+            continue
+        add = only(gather.input[1], "Add")
+        if add is None or len(add.input) != 2:
+            continue
+        found: tuple[str, Any, Any, Any] | None = None
+        for cell, step in (add.input, add.input[::-1]):
+            cast = only(step, "Cast")
+            less = only(cast.input[0], "Less") if cast is not None and attr(cast, "to", 0) == _INT32 else None
+            edge = only(less.input[0], "GatherElements") if less is not None else None
+            if (edge is not None and less is not None and attr(edge, "axis", 0) == 1 and edge.input[0] in consts
+                    and edge.input[1] == cell):
+                found = cell, cast, less, edge
+        if found is None:
+            continue
+        cell, cast, less, edge = found
+        view = only(less.input[1], "Reshape")
+        cells = only(cell, "Reshape")
+        if view is None or cells is None or view.input[0] not in inputs or view.input[1] not in consts:
+            continue
+        x = view.input[0]
+        to_int = only(cells.input[0], "Cast")
+        flat = only(to_int.input[0], "BatchNormalization") if to_int is not None and attr(to_int, "to", 0) == _INT32 else None
+        clip = only(flat.input[0], "Clip") if flat is not None else None
+        pos = only(clip.input[0], "BatchNormalization") if clip is not None and len(clip.input) == 3 else None
+        if pos is None or clip is None or pos.input[0] != x or cells.input[1] not in consts:
+            continue
+        pos_step, flat_step = bn(pos), bn(flat)
+        if pos_step is None or flat_step is None or any(i not in consts for i in clip.input[1:]):
+            continue
+        (ps, pb), (fs, fb) = pos_step, flat_step
+        low, high = (consts[i] for i in clip.input[1:])
+        thresholds, values = consts[edge.input[0]], consts[gather.input[0]]
+        d = ps.shape[0]
+        if fs.shape != (d,) or low.size != 1 or high.size != 1 or low.dtype != np.float32 or high.dtype != np.float32:
+            continue
+        if thresholds.dtype != np.float32 or values.dtype != np.float32 or thresholds.ndim != 2 or thresholds.shape[0] != 1:
+            continue
+        if values.shape != thresholds.shape or list(consts[view.input[1]]) != [1, -1] or list(consts[cells.input[1]]) != [1, -1]:
+            continue
+        if list(consts[node.input[1]]) != [-1, d]:
+            continue
+        # The cells the clipped range reaches, rounded as the graph rounds them: each must leave room for its step.
+        lo, hi = np.float32(low.item()), np.float32(high.item())
+        reach = [(np.float32(np.float32(b * fs) + fb)).astype(np.int64) for b in (lo, hi)]
+        k = thresholds.shape[1]
+        if reach[0].min() < 0 or reach[1].max() > k - 2 or not lo <= hi:
+            continue
+        chain = [pos, clip, flat, to_int, cells, view, edge, less, cast, add, gather, node]
+        made = {o for n in chain for o in n.output} - {terms}
+        if any(r not in chain for name in made for r in readers.get(name, [])):
+            continue
+        rest = [n for n in graph.node if all(n is not c for c in chain)]
+        tail_reads = set().union(*(_inputs_of(n) for n in rest)) if rest else set()
+        tail_inputs = [terms] + [i.name for i in graph.input if i.name in tail_reads]
+        info = _tensor_infos(model)
+        tail = _copy(model)
+        _set_nodes(tail.graph, rest)
+        del tail.graph.input[:]
+        tail.graph.input.extend([_copy(info[n]) for n in tail_inputs])
+        _drop_unused_initializers(tail.graph)
+        return GridCut(x, terms, ps, pb, float(lo), float(hi), fs, fb, np.ascontiguousarray(thresholds.ravel()),
+                       np.ascontiguousarray(values.ravel()), tail, tail_inputs)
+    return None

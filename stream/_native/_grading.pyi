@@ -1,4 +1,4 @@
-"""Calibration, threshold and severity of raw scores in one pass (``grading.c``)."""
+"""Calibration, threshold and severity of raw scores in one pass; histogram graphs' step-grid lookup (``grading.c``)."""
 
 from typing import Any
 
@@ -9,3 +9,8 @@ class Grader:
         alerting_only: bool,
     ) -> None: ...
     def run(self, raw: Any, score: Any, anomaly: Any, severity: Any, rows: Any, /) -> int: ...
+
+def grid_terms(
+    x: Any, out: Any, pos_scale: Any, pos_bias: Any, flat_scale: Any, flat_bias: Any, low: float, high: float,
+    thresholds: Any, values: Any, portable: bool = ..., /,
+) -> None: ...

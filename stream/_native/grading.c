@@ -1,4 +1,5 @@
-/* Calibration, threshold and severity of a batch's raw scores in one pass (stream/core.py, Scorer.score).
+/* Calibration, threshold and severity of a batch's raw scores in one pass (stream/core.py, Scorer.score),
+ * and the step-grid lookup of histogram graphs on their input rows (grid_terms, stream/native.py).
  *
  * A CPython extension module (stream._native._grading) on the plain C API and the buffer protocol, no
  * numpy headers.  A Grader holds a copy of the card's knot table (models.calibration.KnotLookup),
@@ -13,6 +14,10 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 /* KnotLookup's table for n knots, the grid's start counts in 16 bits (128 KB at most, 512 KB as intp). */
 typedef struct {
@@ -209,11 +214,124 @@ static PyTypeObject GraderType = {
     .tp_methods = grader_methods,
 };
 
+/* The step-grid lookup of a histogram graph (models/step_grid.py, StepGrid.lookup in its flat layout), on
+ * the graph's input rows x [n, d]: per value of column j,
+ *   cell = (int32)(min(max(x * ps[j] + pb[j], low), high) * fs[j] + fb[j]),
+ *   out = values[cell + (thresholds[cell] < x)],
+ * each step rounded as the graph's BatchNormalization, Clip, BatchNormalization, Cast, GatherElements, Less,
+ * Cast, Add and GatherElements round it (a multiply, then an add: no fused multiply-add). */
+static inline void grid_row_scalar(const float *x, float *out, Py_ssize_t d, const float *ps, const float *pb,
+                                   const float *fs, const float *fb, float low, float high, const float *thr,
+                                   const float *val, int32_t top) {
+    for (Py_ssize_t j = 0; j < d; j++) {
+        float p = x[j] * ps[j];
+        p = p + pb[j];
+        p = p < low ? low : p;
+        p = p > high ? high : p;
+        float f = p * fs[j];
+        f = f + fb[j];
+        int32_t c = (int32_t)f;
+        c = c < 0 ? 0 : c > top ? top : c; /* a no-op on a table the caller checked: bounds the reads */
+        out[j] = val[c + (thr[c] < x[j])];
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static void grid_rows_avx512(const float *x, float *out, Py_ssize_t n,
+                                                                 Py_ssize_t d, const float *ps, const float *pb,
+                                                                 const float *fs, const float *fb, float low,
+                                                                 float high, const float *thr, const float *val,
+                                                                 int32_t top) {
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512i zero = _mm512_setzero_si512(), topv = _mm512_set1_epi32(top), one = _mm512_set1_epi32(1);
+    for (Py_ssize_t r = 0; r < n; r++) {
+        const float *xr = x + r * d;
+        float *o = out + r * d;
+        for (Py_ssize_t j = 0; j < d; j += 16) {
+            __mmask16 live = d - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (d - j)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(live, xr + j);
+            __m512 p = _mm512_add_ps(_mm512_mul_ps(v, _mm512_maskz_loadu_ps(live, ps + j)),
+                                     _mm512_maskz_loadu_ps(live, pb + j));
+            /* Clip as std::min(std::max(p, low), high); p is never NaN for finite or infinite x here */
+            p = _mm512_min_ps(_mm512_max_ps(p, lo), hi);
+            __m512 f = _mm512_add_ps(_mm512_mul_ps(p, _mm512_maskz_loadu_ps(live, fs + j)),
+                                     _mm512_maskz_loadu_ps(live, fb + j));
+            __m512i c = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvttps_epi32(f), zero), topv);
+            __m512 edge = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, c, thr, 4);
+            __mmask16 above = _mm512_mask_cmp_ps_mask(live, edge, v, _CMP_LT_OQ);
+            c = _mm512_mask_add_epi32(c, above, c, one);
+            _mm512_mask_storeu_ps(o + j, live, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, c, val, 4));
+        }
+    }
+}
+#endif
+
+static int is_float32(const Py_buffer *view) { return format_char(view) == 'f' && view->itemsize == 4; }
+
+/* grid_terms(x, out, pos_scale, pos_bias, flat_scale, flat_bias, low, high, thresholds, values[, portable]) */
+static PyObject *grid_terms(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 10 && nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "grid_terms() takes 10 or 11 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const int portable = nargs == 11 ? PyObject_IsTrue(args[10]) : 0;
+    if (portable < 0) return NULL;
+    double low = PyFloat_AsDouble(args[6]), high = PyFloat_AsDouble(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    static const int order[8] = {0, 1, 2, 3, 4, 5, 8, 9};
+    Py_buffer v[8];
+    int got = 0, ok = 0;
+    for (; got < 8; got++)
+        if (PyObject_GetBuffer(args[order[got]], &v[got], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got == 1 ? PyBUF_WRITABLE : 0)) < 0)
+            goto done;
+    for (int i = 0; i < 8; i++)
+        if (!is_float32(&v[i])) {
+            PyErr_SetString(PyExc_TypeError, "grid_terms() takes contiguous float32 arrays");
+            goto done;
+        }
+    const Py_ssize_t d = v[2].len / 4, k = v[6].len / 4;
+    if (d < 1 || v[3].len != d * 4 || v[4].len != d * 4 || v[5].len != d * 4 || v[0].len % (d * 4) ||
+        v[1].len != v[0].len || k < 2 || v[7].len != k * 4 || k > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "grid_terms(): rows of d values, d-long steps, equal tables of 2 or more");
+        goto done;
+    }
+    const Py_ssize_t n = v[0].len / (d * 4);
+    const float *x = v[0].buf, *ps = v[2].buf, *pb = v[3].buf, *fs = v[4].buf, *fb = v[5].buf;
+    const float *thr = v[6].buf, *val = v[7].buf;
+    float *out = v[1].buf;
+    const int32_t top = (int32_t)(k - 2);
+    Py_BEGIN_ALLOW_THREADS
+#if defined(__x86_64__)
+    if (!portable && __builtin_cpu_supports("avx512f"))
+        grid_rows_avx512(x, out, n, d, ps, pb, fs, fb, (float)low, (float)high, thr, val, top);
+    else
+#endif
+        for (Py_ssize_t r = 0; r < n; r++)
+            grid_row_scalar(x + r * d, out + r * d, d, ps, pb, fs, fb, (float)low, (float)high, thr, val, top);
+    Py_END_ALLOW_THREADS
+    ok = 1;
+done:
+    for (int j = 0; j < got; j++) PyBuffer_Release(&v[j]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"grid_terms", (PyCFunction)(void (*)(void))grid_terms, METH_FASTCALL,
+     "grid_terms(x, out, pos_scale, pos_bias, flat_scale, flat_bias, low, high, thresholds, values, portable=False)"
+     " -> None\n\nThe step-grid lookup of a histogram graph on rows x [n, d] into out [n, d] (float32, contiguous); "
+     "``portable`` takes the plain C loop where AVX-512 would run (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef grading_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "stream._native._grading",
-    .m_doc = "Calibration, threshold and severity of raw scores in one pass (stream/core.py).",
+    .m_doc = "Calibration, threshold and severity of raw scores in one pass (stream/core.py); histogram graphs' "
+             "step-grid lookup (stream/native.py).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__grading(void) {

@@ -10,6 +10,7 @@ from models.zoo import ALGORITHMS
 from stream import serving_graph
 from stream.core import _PARALLEL_TRIALS, Scorer, choose_providers
 from stream.errors import ScoringError
+from stream.native import grid_available
 from stream.synthetic import SyntheticStream
 
 
@@ -429,6 +430,63 @@ def test_calibration_is_numpys_interp_at_every_batch_size(scorer: Scorer, rows: 
 
 
 _FIELDS = ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares")
+
+
+def _limit_rows(model: object, seed: int) -> np.ndarray:
+    """Rows holding every grid limit of an HBOS graph, its float32 neighbours, random values, zeros and infinities."""
+    from onnx import numpy_helper
+
+    limits = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "grid_thresholds"))  # type: ignore[attr-defined]
+    width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value  # type: ignore[attr-defined]
+    limits = limits.reshape(width, -1).T
+    rng = np.random.default_rng(seed)
+    columns = []
+    for j in range(limits.shape[1]):
+        lim = limits[:, j][np.isfinite(limits[:, j])]
+        columns.append(np.concatenate([
+            lim, np.nextafter(lim, np.float32(np.inf)), np.nextafter(lim, np.float32(-np.inf)),
+            rng.uniform(lim.min() - 1, lim.max() + 1, 300).astype(np.float32),
+            np.array([0.0, -0.0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, np.inf, -np.inf], dtype=np.float32),
+        ]))
+    n = max(c.size for c in columns)
+    X = np.stack([np.resize(c, n) for c in columns], axis=1).astype(np.float32)
+    return np.vstack([X, rng.permuted(X, axis=0)])
+
+
+@pytest.mark.skipif(not grid_available(), reason="the extension module (stream/_native/grading.c) is not built")
+def test_grid_lookup_compiled_gives_the_graphs_bits_on_every_limit(tmp_path: Path) -> None:
+    """HBOS's graph without imputation: the compiled lookup then the tail equal the whole graph, bit for bit."""
+    from stream.native import GridSplit
+    from stream.serving_graph import fused_affine, grid_cut, without_imputation
+
+    art, model = _zoo_graph(tmp_path, "hbos")
+    assert grid_cut(model) is None  # the artifact's graph imputes: its lookup reads imputed rows
+    complete = without_imputation(fused_affine(model) or model)
+    cut = grid_cut(complete)
+    assert cut is not None and [n.op_type for n in cut.tail.graph.node][:2] == ["ReduceSum", "Add"]
+    split = GridSplit(cut, _cpu)
+    X = _limit_rows(model, seed=1)
+    names = ["score", "contributions"]
+    for rows in (X, X[:1], X[:16]):
+        for want, got in zip(_cpu(complete).run(names, {"features": rows}), split.run(names, {"features": rows})):
+            np.testing.assert_array_equal(got, want)
+    # the plain C loop (CPUs without AVX-512) gives the same terms
+    from stream._native import _grading
+
+    args = (cut.pos_scale, cut.pos_bias, cut.flat_scale, cut.flat_bias, cut.low, cut.high, cut.thresholds, cut.values)
+    vector, portable = np.empty_like(X), np.empty_like(X)
+    _grading.grid_terms(X, vector, *args)
+    _grading.grid_terms(X, portable, *args, True)
+    np.testing.assert_array_equal(portable, vector)
+    # The core takes it for NaN-free batches, where native="never" runs the graph: the same results.
+    auto, never = Scorer(art, providers="cpu"), Scorer(art, providers="cpu", native="never")  # type: ignore[arg-type]
+    whole_batches = Scorer(art, providers="cpu", pieces="never")  # type: ignore[arg-type]
+    assert isinstance(getattr(whole_batches._complete_c, "__self__", None), GridSplit)
+    for rows in (X[:2], X[:300], X):
+        _assert_same_scores(auto.score(rows), never.score(rows), f"{len(rows)} rows")
+    for other in ("loda", "iforest", "ecod"):
+        _, graph = _zoo_graph(tmp_path / other, other)
+        assert grid_cut(without_imputation(graph) or graph) is None, other
 
 
 def _assert_same_scores(a: object, b: object, what: str) -> None:
