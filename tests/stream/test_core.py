@@ -335,10 +335,30 @@ def test_top_contributions_order_ties_and_nan_the_same_at_any_row_count() -> Non
     assert idx.tolist() == [[1, 0, 2]] * 200
 
 
-def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(tmp_path: Path) -> None:
-    """HBOS's grid step ``z * 2**p + bias`` as one BatchNormalization: same bits, on the bin limits too."""
+def _limit_rows(model: object, seed: int, *, nan: bool = False) -> np.ndarray:
+    """Rows holding every grid limit of an HBOS graph, its float32 neighbours, random values, zeros, infinities (and NaN)."""
     from onnx import numpy_helper
 
+    limits = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "grid_thresholds"))  # type: ignore[attr-defined]
+    width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value  # type: ignore[attr-defined]
+    limits = limits.reshape(width, -1).T
+    rng = np.random.default_rng(seed)
+    columns = []
+    for j in range(limits.shape[1]):
+        lim = limits[:, j][np.isfinite(limits[:, j])]
+        columns.append(np.concatenate([
+            lim, np.nextafter(lim, np.float32(np.inf)), np.nextafter(lim, np.float32(-np.inf)),
+            rng.uniform(lim.min() - 1, lim.max() + 1, 300).astype(np.float32),
+            np.array([0.0, -0.0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, np.inf, -np.inf, *([np.nan] if nan else [])],
+                     dtype=np.float32),
+        ]))
+    n = max(c.size for c in columns)
+    X = np.stack([np.resize(c, n) for c in columns], axis=1).astype(np.float32)
+    return np.vstack([X, rng.permuted(X, axis=0)])
+
+
+def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(tmp_path: Path) -> None:
+    """HBOS's grid step ``z * 2**p + bias`` as one BatchNormalization: same bits, on the bin limits too."""
     from stream.serving_graph import fused_affine
 
     art, model = _zoo_graph(tmp_path, "hbos")
@@ -347,21 +367,7 @@ def test_fused_affine_grid_scores_bit_for_bit_on_every_limit_and_its_neighbours(
     ops = [n.op_type for n in fused.graph.node]
     # The grid's Mul and Add as one node; the flat layout's offset Add as another.
     assert ops.count("BatchNormalization") == 2 and len(ops) == len(model.graph.node) - 1
-    limits = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "grid_thresholds"))
-    width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
-    limits = limits.reshape(width, -1).T  # one flat row: column after column
-    rng = np.random.default_rng(0)
-    columns = []
-    for j in range(limits.shape[1]):
-        lim = limits[:, j][np.isfinite(limits[:, j])]
-        columns.append(np.concatenate([
-            lim, np.nextafter(lim, np.float32(np.inf)), np.nextafter(lim, np.float32(-np.inf)),
-            rng.uniform(lim.min() - 1, lim.max() + 1, 300).astype(np.float32),
-            np.array([0.0, -0.0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, np.inf, -np.inf, np.nan], dtype=np.float32),
-        ]))
-    n = max(c.size for c in columns)
-    X = np.stack([np.resize(c, n) for c in columns], axis=1).astype(np.float32)
-    X = np.vstack([X, rng.permuted(X, axis=0)])  # every value beside others in other rows too
+    X = _limit_rows(model, seed=0, nan=True)
     a, b = _cpu(model), _cpu(fused)
     for want, got in zip(a.run(None, {"features": X}), b.run(None, {"features": X})):
         np.testing.assert_array_equal(got, want)
@@ -430,27 +436,6 @@ def test_calibration_is_numpys_interp_at_every_batch_size(scorer: Scorer, rows: 
 
 
 _FIELDS = ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares")
-
-
-def _limit_rows(model: object, seed: int) -> np.ndarray:
-    """Rows holding every grid limit of an HBOS graph, its float32 neighbours, random values, zeros and infinities."""
-    from onnx import numpy_helper
-
-    limits = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "grid_thresholds"))  # type: ignore[attr-defined]
-    width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value  # type: ignore[attr-defined]
-    limits = limits.reshape(width, -1).T
-    rng = np.random.default_rng(seed)
-    columns = []
-    for j in range(limits.shape[1]):
-        lim = limits[:, j][np.isfinite(limits[:, j])]
-        columns.append(np.concatenate([
-            lim, np.nextafter(lim, np.float32(np.inf)), np.nextafter(lim, np.float32(-np.inf)),
-            rng.uniform(lim.min() - 1, lim.max() + 1, 300).astype(np.float32),
-            np.array([0.0, -0.0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, np.inf, -np.inf], dtype=np.float32),
-        ]))
-    n = max(c.size for c in columns)
-    X = np.stack([np.resize(c, n) for c in columns], axis=1).astype(np.float32)
-    return np.vstack([X, rng.permuted(X, axis=0)])
 
 
 @pytest.mark.skipif(not grid_available(), reason="the extension module (stream/_native/grading.c) is not built")
