@@ -291,7 +291,7 @@ class Scorer:
         pieces: Literal["auto", "always", "never"] = "auto", native: Literal["auto", "never"] = "auto",
     ) -> None:
         self.artifact = artifact
-        self._native = native != "never" and native_available()
+        self._native = native != "never"  # each compiled path checks its own build and CPU
         self._splits: weakref.WeakSet[NeighbourSplit] = weakref.WeakSet()  # held by the run calls only
         self.card: Card = artifact.card
         self.ref = self.card.ref
@@ -479,7 +479,7 @@ class Scorer:
         """
         if not self._native:
             return None
-        cut = serving_graph.neighbour_cut(model)
+        cut = serving_graph.neighbour_cut(model) if native_available() else None
         if cut is None:
             grid = serving_graph.grid_cut(model) if grid_available() and not serving_graph.imputes(model) else None
             if grid is None:
