@@ -66,6 +66,13 @@ def cuda_capturable(model: Any) -> bool:
     )
 
 
+def _attr(node: Any, key: str, default: Any) -> Any:
+    """A node's attribute ``key``, or ``default``."""
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == key), default)
+
+
 def _inputs_of(node: Any) -> set[str]:
     """Every tensor a node reads, its subgraphs' outer-scope references included."""
     names = {i for i in node.input if i}
@@ -98,6 +105,18 @@ def _drop_unused_initializers(graph: Any) -> None:
     graph.initializer.extend(inits)
 
 
+def _part(model: Any, info: dict[str, Any], nodes: list[Any], inputs: list[str], outputs: list[str]) -> Any:
+    """A copy of ``model`` holding ``nodes``, reading ``inputs`` and making ``outputs`` (typed from ``info``)."""
+    part = _copy(model)
+    _set_nodes(part.graph, nodes)
+    del part.graph.input[:]
+    part.graph.input.extend([_copy(info[n]) for n in inputs])
+    del part.graph.output[:]
+    part.graph.output.extend([_copy(info[n]) for n in outputs])
+    _drop_unused_initializers(part.graph)
+    return part
+
+
 def pruned(model: Any, outputs: list[str]) -> tuple[Any, bool]:
     """A copy of ``model`` keeping only ``outputs`` and the nodes they need; and whether any node went."""
     model = _copy(model)
@@ -116,11 +135,16 @@ def pruned(model: Any, outputs: list[str]) -> tuple[Any, bool]:
     return model, len(kept) < len(nodes)
 
 
+def _imputed(graph: Any) -> set[str]:
+    """The outputs of the graph's ``Where(IsNaN(features), _, features)`` nodes (its input with NaN replaced)."""
+    x = graph.input[0].name
+    isnan = {n.output[0] for n in graph.node if n.op_type == "IsNaN" and n.input[0] == x}
+    return {n.output[0] for n in graph.node if n.op_type == "Where" and n.input[0] in isnan and n.input[2] == x}
+
+
 def imputes(model: Any) -> bool:
     """Whether ``model`` replaces NaN in its input (a ``Where(IsNaN(features), _, features)``)."""
-    x = model.graph.input[0].name
-    isnan = {n.output[0] for n in model.graph.node if n.op_type == "IsNaN" and n.input[0] == x}
-    return any(n.op_type == "Where" and n.input[0] in isnan and n.input[2] == x for n in model.graph.node)
+    return bool(_imputed(model.graph))
 
 
 def without_imputation(model: Any) -> Any | None:
@@ -134,10 +158,7 @@ def without_imputation(model: Any) -> Any | None:
     graph = model.graph
     x = graph.input[0].name
     nodes = list(graph.node)
-    isnan = {n.output[0] for n in nodes if n.op_type == "IsNaN" and n.input[0] == x}
-    rename = {
-        n.output[0]: x for n in nodes if n.op_type == "Where" and n.input[0] in isnan and n.input[2] == x
-    }
+    rename = dict.fromkeys(_imputed(graph), x)
     if not rename or any(o.name in rename for o in graph.output):
         return None
     _set_nodes(graph, [n for n in nodes if n.output[0] not in rename])
@@ -514,22 +535,9 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     head_outputs = sorted({x for x in wanted if x in head_made}
                           | {n for n in tail_inputs if n in head_made} | (head_made & outputs))
     info = _tensor_infos(model)
-    head = None
-    if head_nodes:
-        head = _copy(model)
-        _set_nodes(head.graph, head_nodes)
-        del head.graph.output[:]
-        head.graph.output.extend([_copy(info[n]) for n in head_outputs])
-        _drop_unused_initializers(head.graph)
-    tail = _copy(model)
-    _set_nodes(tail.graph, tail_nodes)
-    del tail.graph.input[:]
-    tail.graph.input.extend([_copy(info[n]) for n in tail_inputs])
+    head = _part(model, info, head_nodes, graph_inputs, head_outputs) if head_nodes else None
     tail_made = {o for n in tail_nodes for o in n.output}
-    kept = [_copy(o) for o in graph.output if o.name in tail_made]
-    del tail.graph.output[:]
-    tail.graph.output.extend(kept)
-    _drop_unused_initializers(tail.graph)
+    tail = _part(model, info, tail_nodes, tail_inputs, [o.name for o in graph.output if o.name in tail_made])
     return NeighbourCut(head, head_outputs, searches, tail, tail_inputs)
 
 
@@ -589,7 +597,7 @@ def _exact_after(search: NeighbourSearch, producer: dict[str, Any], consts: dict
         return None
     gather = gathers[0]
     rows = numpy_helper.to_array(consts[gather.input[0]])
-    axis = next((a.i for a in gather.attribute if a.name == "axis"), 0)
+    axis = _attr(gather, "axis", 0)
     d = search.weights.shape[0] - 1
     if rows.dtype != np.float64 or rows.ndim != 2 or rows.shape[1] != d or axis != 0:
         return None
@@ -611,7 +619,7 @@ def _exact_after(search: NeighbourSearch, producer: dict[str, Any], consts: dict
     if tile.op_type != "Tile" or tile.input[1] not in consts or tile.input[0] not in producer:
         return None
     cast = producer[tile.input[0]]
-    to = next((a.i for a in cast.attribute if a.name == "to"), None)
+    to = _attr(cast, "to", None)
     if cast.op_type != "Cast" or to != 11 or cast.input[0] in consts:  # 11: DOUBLE
         return None
     if (numpy_helper.to_array(consts[reshape.input[1]]).tolist() != [0, kk, d]
@@ -684,16 +692,11 @@ def grid_cut(model: Any) -> GridCut | None:
         node = producer.get(name)
         return node if node is not None and node.op_type == op and name not in outputs else None
 
-    def attr(node: Any, key: str, default: Any) -> Any:
-        from onnx import helper
-
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == key), default)
-
     def bn(node: Any | None) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
         if node is None or len(node.input) != 5 or any(i not in consts for i in node.input[1:]):
             return None
         scale, bias, mean, var = (consts[i] for i in node.input[1:])
-        if attr(node, "epsilon", 1e-5) != 0.0 or scale.dtype != np.float32 or bias.dtype != np.float32:
+        if _attr(node, "epsilon", 1e-5) != 0.0 or scale.dtype != np.float32 or bias.dtype != np.float32:
             return None
         if scale.ndim != 1 or bias.shape != scale.shape or np.any(mean != 0) or np.any(var != 1):
             return None
@@ -704,7 +707,7 @@ def grid_cut(model: Any) -> GridCut | None:
             continue
         terms = node.output[0]
         gather = only(node.input[0], "GatherElements")
-        if gather is None or attr(gather, "axis", 0) != 1 or gather.input[0] not in consts:
+        if gather is None or _attr(gather, "axis", 0) != 1 or gather.input[0] not in consts:
             continue
         add = only(gather.input[1], "Add")
         if add is None or len(add.input) != 2:
@@ -712,9 +715,9 @@ def grid_cut(model: Any) -> GridCut | None:
         found: tuple[str, Any, Any, Any] | None = None
         for cell, step in (add.input, add.input[::-1]):
             cast = only(step, "Cast")
-            less = only(cast.input[0], "Less") if cast is not None and attr(cast, "to", 0) == _INT32 else None
+            less = only(cast.input[0], "Less") if cast is not None and _attr(cast, "to", 0) == _INT32 else None
             edge = only(less.input[0], "GatherElements") if less is not None else None
-            if (edge is not None and less is not None and attr(edge, "axis", 0) == 1 and edge.input[0] in consts
+            if (edge is not None and less is not None and _attr(edge, "axis", 0) == 1 and edge.input[0] in consts
                     and edge.input[1] == cell):
                 found = cell, cast, less, edge
         if found is None:
@@ -726,7 +729,7 @@ def grid_cut(model: Any) -> GridCut | None:
             continue
         x = view.input[0]
         to_int = only(cells.input[0], "Cast")
-        flat = only(to_int.input[0], "BatchNormalization") if to_int is not None and attr(to_int, "to", 0) == _INT32 else None
+        flat = only(to_int.input[0], "BatchNormalization") if to_int is not None and _attr(to_int, "to", 0) == _INT32 else None
         clip = only(flat.input[0], "Clip") if flat is not None else None
         pos = only(clip.input[0], "BatchNormalization") if clip is not None and len(clip.input) == 3 else None
         if pos is None or clip is None or pos.input[0] != x or cells.input[1] not in consts:
@@ -759,12 +762,7 @@ def grid_cut(model: Any) -> GridCut | None:
         rest = [n for n in graph.node if all(n is not c for c in chain)]
         tail_reads = set().union(*(_inputs_of(n) for n in rest)) if rest else set()
         tail_inputs = [terms] + [i.name for i in graph.input if i.name in tail_reads]
-        info = _tensor_infos(model)
-        tail = _copy(model)
-        _set_nodes(tail.graph, rest)
-        del tail.graph.input[:]
-        tail.graph.input.extend([_copy(info[n]) for n in tail_inputs])
-        _drop_unused_initializers(tail.graph)
+        tail = _part(model, _tensor_infos(model), rest, tail_inputs, [o.name for o in graph.output])
         return GridCut(x, terms, ps, pb, float(lo), float(hi), fs, fb, np.ascontiguousarray(thresholds.ravel()),
                        np.ascontiguousarray(values.ravel()), tail, tail_inputs)
     return None
