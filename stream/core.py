@@ -150,13 +150,8 @@ from models.artifact import Artifact, Card
 from models.calibration import SEVERITIES
 from stream import serving_graph
 from stream.errors import ScoringError
-from stream.native import GridSplit, NeighbourSplit, grid_available
+from stream.native import GridSplit, NeighbourSplit, grading, grid_available
 from stream.native import available as native_available
-
-try:  # built with the package where a C compiler and Python.h were found (hatch_build.py)
-    from stream._native import _grading
-except ImportError:
-    _grading = None  # type: ignore[assignment]
 
 __all__ = ["TOP_K", "ScoredBatch", "Scorer", "choose_providers"]
 
@@ -439,10 +434,10 @@ class Scorer:
         needs them sorted, and the numpy path keeps its results for such a card).
         """
         lk = self._lookup
-        if native == "never" or _grading is None or lk is None:
+        if native == "never" or grading is None or lk is None:
             return None
         try:
-            grader = _grading.Grader(
+            grader = grading.Grader(
                 lk.base_x, lk.base_y, lk.slope, lk.next_knot, lk.start, lk.inv, lk.k, lk.first, lk.last,
                 lk.right, fix_right=lk.fix_right, threshold=float(self.threshold), cuts=self._cuts,
                 alerting_only=self._grade_alerting_only,
@@ -479,14 +474,18 @@ class Scorer:
         """
         if not self._native:
             return None
+
+        def session(part: Any) -> Any:
+            return _c_session(self._cpu_session(part, what))
+
         cut = serving_graph.neighbour_cut(model) if native_available() else None
         if cut is None:
             grid = serving_graph.grid_cut(model) if grid_available() and not serving_graph.imputes(model) else None
             if grid is None:
                 return None
             log.debug("model %s: %s runs its step-grid lookup compiled", self.ref, what)
-            return GridSplit(grid, lambda part: _c_session(self._cpu_session(part, what)))
-        split = NeighbourSplit(cut, lambda part: _c_session(self._cpu_session(part, what)), whole)
+            return GridSplit(grid, session)
+        split = NeighbourSplit(cut, session, whole)
         self._splits.add(split)
         log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))
         return split

@@ -57,13 +57,13 @@ from numpy.typing import NDArray
 
 from stream.serving_graph import GridCut, NeighbourCut
 
-try:  # the extension module built with the package (hatch_build.py)
-    from stream._native import _grading
+try:  # the extension module built with the package (hatch_build.py); stream.core grades with it too
+    from stream._native import _grading as grading
 except ImportError:
-    _grading = None  # type: ignore[assignment]
+    grading = None  # type: ignore[assignment]
 
-__all__ = ["MIN_ROWS", "GridSplit", "NeighbourSplit", "Prefilter", "available", "candidates", "grid_available",
-           "library_path", "prefilter"]
+__all__ = ["MIN_ROWS", "GridSplit", "NeighbourSplit", "Prefilter", "available", "candidates", "grading",
+           "grid_available", "library_path", "prefilter"]
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class NeighbourSplit:
 
 def grid_available() -> bool:
     """Whether the compiled step-grid lookup (:class:`GridSplit`) was built."""
-    return _grading is not None
+    return grading is not None
 
 
 class GridSplit:
@@ -282,7 +282,7 @@ class GridSplit:
     """
 
     def __init__(self, cut: GridCut, session: Any) -> None:
-        if _grading is None:
+        if grading is None:
             raise RuntimeError("the compiled step-grid lookup is not available")
         self.cut = cut
         self._tail = session(cut.tail)
@@ -293,8 +293,8 @@ class GridSplit:
         c = self.cut
         x = np.ascontiguousarray(feed[c.x], dtype=np.float32)
         terms = np.empty(x.shape, dtype=np.float32)
-        _grading.grid_terms(x, terms, c.pos_scale, c.pos_bias, c.flat_scale, c.flat_bias, c.low, c.high,
-                            c.thresholds, c.values)
+        grading.grid_terms(x, terms, c.pos_scale, c.pos_bias, c.flat_scale, c.flat_bias, c.low, c.high,
+                           c.thresholds, c.values)
         tail_feed = {c.terms: terms}
         for name in c.tail_inputs[1:]:
             tail_feed[name] = feed[name]

@@ -456,12 +456,12 @@ def test_grid_lookup_compiled_gives_the_graphs_bits_on_every_limit(tmp_path: Pat
         for want, got in zip(_cpu(complete).run(names, {"features": rows}), split.run(names, {"features": rows})):
             np.testing.assert_array_equal(got, want)
     # the plain C loop (CPUs without AVX-512) gives the same terms
-    from stream._native import _grading
+    from stream.native import grading
 
     args = (cut.pos_scale, cut.pos_bias, cut.flat_scale, cut.flat_bias, cut.low, cut.high, cut.thresholds, cut.values)
     vector, portable = np.empty_like(X), np.empty_like(X)
-    _grading.grid_terms(X, vector, *args)
-    _grading.grid_terms(X, portable, *args, True)
+    grading.grid_terms(X, vector, *args)
+    grading.grid_terms(X, portable, *args, True)
     np.testing.assert_array_equal(portable, vector)
     # The core takes it for NaN-free batches, where native="never" runs the graph: the same results.
     auto, never = Scorer(art, providers="cpu"), Scorer(art, providers="cpu", native="never")  # type: ignore[arg-type]

@@ -13,11 +13,11 @@ from models.calibration import Calibration, SeverityScale
 from models.pipeline import Pipeline
 from models.preprocessing import Preprocessor
 from models.zoo import make_detector
-from stream import core
 from stream.core import Scorer
+from stream.native import grading
 from stream.synthetic import SyntheticStream
 
-pytestmark = pytest.mark.skipif(core._grading is None, reason="stream._native._grading not built (hatch_build.py)")
+pytestmark = pytest.mark.skipif(grading is None, reason="stream._native._grading not built (hatch_build.py)")
 
 _D = 6
 _SIZES = (2, 3, 16, 47, 48, 256, 639, 640, 4096)
@@ -158,15 +158,15 @@ def test_a_grader_refuses_tables_and_cuts_it_cannot_grade_like_numpy(artifacts: 
     lk = artifacts["usual"].card.calibration.lookup()
     args = (lk.base_x, lk.base_y, lk.slope, lk.next_knot, lk.start, lk.inv, lk.k, lk.first, lk.last, lk.right)
     kw = {"fix_right": lk.fix_right, "threshold": 0.99, "alerting_only": True}
-    core._grading.Grader(*args, cuts=np.array([0.9, 0.95, 0.99, 1.0]), **kw)
+    grading.Grader(*args, cuts=np.array([0.9, 0.95, 0.99, 1.0]), **kw)
     for cuts in ([0.95, 0.9, 0.99, 1.0], [0.9, np.nan, 0.99, 1.0], [0.9, 0.99, 1.0]):
         with pytest.raises(ValueError, match="cuts"):
-            core._grading.Grader(*args, cuts=np.array(cuts), **kw)
+            grading.Grader(*args, cuts=np.array(cuts), **kw)
     with pytest.raises(ValueError, match="knot table"):
-        core._grading.Grader(lk.base_x, lk.base_y, lk.slope, lk.next_knot[:-1], *args[4:], cuts=np.ones(4), **kw)
+        grading.Grader(lk.base_x, lk.base_y, lk.slope, lk.next_knot[:-1], *args[4:], cuts=np.ones(4), **kw)
     with pytest.raises(ValueError, match="knot table"):  # start counts not intp
-        core._grading.Grader(*args[:4], lk.start.astype(np.int32), *args[5:], cuts=np.ones(4), **kw)
-    grader = core._grading.Grader(*args, cuts=np.ones(4), **kw)
+        grading.Grader(*args[:4], lk.start.astype(np.int32), *args[5:], cuts=np.ones(4), **kw)
+    grader = grading.Grader(*args, cuts=np.ones(4), **kw)
     out = (np.empty(4), np.empty(4, dtype=np.bool_), np.empty(4, dtype=np.int8), np.empty(4, dtype=np.intp))
     with pytest.raises(TypeError, match="outputs"):
         grader.run(np.zeros(5, dtype=np.float32), *out)
