@@ -228,6 +228,23 @@ static inline __m512 add_up(__m512 a, __m512 b)
     return _mm512_add_ps(_mm512_add_ps(a, b), _mm512_mul_ps(mag, _mm512_set1_ps(0x1p-21f)));
 }
 
+/* Bisection on ordered bits: the smallest value t in [l, h] with at least kk of the nq vectors' values at or
+ * below it, searched until within `slack` of it (0: exactly).  The returned bound keeps that property at every
+ * step, so stopping early only loosens it. */
+__attribute__((target("avx512f")))
+static int32_t kth_ordered(const __m512i *v, int nq, int kk, int64_t l, int64_t h, int64_t slack)
+{
+    while (h - l > slack) {
+        int64_t mid = l + ((h - l) >> 1);
+        __m512i mv = _mm512_set1_epi32((int32_t)mid);
+        int count = 0;
+        for (int q = 0; q < nq; q++) count += __builtin_popcount(_mm512_cmp_epi32_mask(v[q], mv, _MM_CMPINT_LE));
+        if (count >= kk) h = mid;
+        else l = mid + 1;
+    }
+    return (int32_t)h;
+}
+
 /* One row's kk smallest columns by (float32 product, column), in ascending column order, from its bfloat16
  * products A and their group minima (padded with +inf to a multiple of 16).  WT [width, d + 1] is W
  * transposed (a column's weights, then its bias).  Returns 0; 1 where more than PREFILTER_MAX columns fall
@@ -258,19 +275,9 @@ static int select_row_bf16(const float *A, const float *gmin, int groups, int kk
         lo = _mm512_mask_min_epi32(lo, live, lo, keys[q]);
         hi = _mm512_mask_max_epi32(hi, live, hi, keys[q]);
     }
-    /* U by bisection on the ordered bits: at least kk keys at or below it.  h keeps that property at every
-     * step, so the search stops within 2^14 float32 steps of the kk-th key (~2^-9 of it), well inside the
-     * bounds. */
-    int64_t l = _mm512_reduce_min_epi32(lo), h = _mm512_reduce_max_epi32(hi);
-    while (h - l > (1 << 14)) {
-        int64_t mid = l + ((h - l) >> 1);
-        __m512i mv = _mm512_set1_epi32((int32_t)mid);
-        int count = 0;
-        for (int q = 0; q < nv; q++) count += __builtin_popcount(_mm512_cmp_epi32_mask(keys[q], mv, _MM_CMPINT_LE));
-        if (count >= kk) h = mid;
-        else l = mid + 1;
-    }
-    int32_t ub = (int32_t)h;
+    /* U: at least kk keys at or below it, within 2^14 float32 steps of the kk-th key (~2^-9 of it), well
+     * inside the bounds. */
+    int32_t ub = kth_ordered(keys, nv, kk, _mm512_reduce_min_epi32(lo), _mm512_reduce_max_epi32(hi), 1 << 14);
     ub ^= (ub >> 31) & 0x7FFFFFFF;
     float U;
     memcpy(&U, &ub, sizeof U);
@@ -336,20 +343,11 @@ static int select_row_bf16(const float *A, const float *gmin, int groups, int kk
         lo = _mm512_mask_min_epi32(lo, live, lo, vals[q]);
         hi = _mm512_mask_max_epi32(hi, live, hi, vals[q]);
     }
-    l = _mm512_reduce_min_epi32(lo);
-    h = _mm512_reduce_max_epi32(hi);
-    while (l < h) {
-        int64_t mid = l + ((h - l) >> 1);
-        __m512i mv = _mm512_set1_epi32((int32_t)mid);
-        int count = 0;
-        for (int q = 0; q < nq; q++) count += __builtin_popcount(_mm512_cmp_epi32_mask(vals[q], mv, _MM_CMPINT_LE));
-        if (count >= kk) h = mid;
-        else l = mid + 1;
-    }
-    __m512i vk = _mm512_set1_epi32((int32_t)l);
-    int below = 0;
+    __m512i vk = _mm512_set1_epi32(kth_ordered(vals, nq, kk, _mm512_reduce_min_epi32(lo),
+                                               _mm512_reduce_max_epi32(hi), 0));
+    int below = 0;  /* padding lanes hold INT32_MAX, never below v; they are masked out of the ties */
     for (int q = 0; q < nq; q++) below += __builtin_popcount(_mm512_cmp_epi32_mask(vals[q], vk, _MM_CMPINT_LT));
-    int ties = kk - below, m = 0;  /* padding lanes hold INT32_MAX: never below, at v only if v is +nan-free max */
+    int ties = kk - below, m = 0;
     for (int q = 0; q < nq; q++) {
         unsigned live = 16 * q + 16 <= n ? 0xFFFFu : (1u << (n - 16 * q)) - 1;
         unsigned take = _mm512_cmp_epi32_mask(vals[q], vk, _MM_CMPINT_LT) & live;
