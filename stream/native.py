@@ -31,6 +31,16 @@ reference machine (Zen 4) it took the search of a 256-row batch against
 5,056 reference rows from ~1.2 to ~0.95 ms for LOF's 22 candidates and from
 ~1.0 to ~0.8 ms for KNN's 7 (``docs/performance.md``).
 
+For LOF (:func:`stream.serving_graph.density_stage`) the rest of the score
+runs compiled too, where only the score and the neighbour weights are asked
+for (the core's hand-over way): the squares summed over the features as they
+are computed, then the k-th distance, the ties by row number, the
+reachability and density means, node for node.  The float64 sums follow the
+order onnxruntime's ``ReduceSum`` adds in, checked against the loaded
+onnxruntime once per process (:func:`sums_agree`), so the scores are the
+graph tail's bits; the ~30 small onnxruntime nodes of that tail took
+~0.3 ms of a 256-row batch, the compiled stage ~0.05 ms.
+
 Candidates come out in ascending row number where the graph's ``TopK``
 left them in its heap's order, so float64 sums over the neighbours could
 round differently in the last place (in every batch tested they did not);
@@ -55,15 +65,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.serving_graph import GridCut, NeighbourCut
+from stream.serving_graph import DensityStage, GridCut, NeighbourCut, density_stage
 
 try:  # the extension module built with the package (hatch_build.py); stream.core grades with it too
     from stream._native import _grading as grading
 except ImportError:
     grading = None  # type: ignore[assignment]
 
-__all__ = ["MIN_ROWS", "GridSplit", "NeighbourSplit", "Prefilter", "available", "candidates", "grading",
-           "grid_available", "library_path", "prefilter"]
+__all__ = ["MIN_ROWS", "GridSplit", "NeighbourSplit", "Prefilter", "available", "candidates", "density", "grading",
+           "grid_available", "library_path", "prefilter", "sums_agree"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,7 @@ _LIB_NAME = "libanomstream_neighbours.so"
 #: saves.  ``Scorer.score`` compiled ÷ whole graph, alternating (2026-11-23): KNN 1.13 at 8 rows, 1.07 at
 #: 16, 0.89 at 32; LOF 1.00, 0.88, 0.75; the ensemble holding KNN 1.04, 0.99, 0.97.
 MIN_ROWS = 24
+MAX_KK = 64  # the most candidates a compiled search keeps (neighbours.c)
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _loaded = False
@@ -98,8 +109,13 @@ def _library() -> ctypes.CDLL | None:
             log.info("this CPU has no AVX-512F: neighbour graphs run whole")
             return None
         p, i = ctypes.c_void_p, ctypes.c_int
-        lib.anomstream_candidates.argtypes = [p, i, i, p, p, i, i, p, p, p, p, ctypes.c_int64, p, p, p, p, p]
+        lib.anomstream_candidates.argtypes = [p, i, i, p, p, i, i, p, p, p, p, ctypes.c_int64, p, p, p, p, p, p]
         lib.anomstream_candidates.restype = i
+        lib.anomstream_reduce_sum.argtypes = [p, i, i]
+        lib.anomstream_reduce_sum.restype = ctypes.c_double
+        f64 = ctypes.c_double
+        lib.anomstream_lof_density.argtypes = [i, i, p, p, i, i, p, p, ctypes.c_int64, f64, f64, p, p, p]
+        lib.anomstream_lof_density.restype = i
         lib.anomstream_scratch_floats.argtypes = [i, i]
         lib.anomstream_scratch_floats.restype = ctypes.c_size_t
         lib.anomstream_bf16_supported.restype = i
@@ -160,7 +176,7 @@ def prefilter(weights: NDArray[np.float32]) -> Prefilter | None:
 
 def candidates(x: NDArray[np.float32], weights: NDArray[np.float32], kk: int,
                exact: tuple[NDArray[np.float32], NDArray[np.float64]] | None = None, *,
-               center: NDArray[np.float32] | None = None, pre: Prefilter | None = None,
+               center: NDArray[np.float32] | None = None, pre: Prefilter | None = None, sums: bool = False,
                ) -> tuple[NDArray[np.int64], int, NDArray[np.float64] | None]:
     """The ``kk`` columns of smallest ``[x - center, 1] @ weights`` per row, how many rows failed, and the exact stage.
 
@@ -173,8 +189,11 @@ def candidates(x: NDArray[np.float32], weights: NDArray[np.float32], kk: int,
     ``exact = (xs, rows)`` (xs [N, D] float32, rows [M, D] float64) the third
     value is ``(float64(xs)[:, None, :] - rows[columns]) ** 2`` [N, kk, D],
     else None.  ``pre``, from :func:`prefilter` on the same weights, makes
-    the search faster with the same candidates.  Raises ``RuntimeError`` when
-    the library is missing or the sizes are refused.
+    the search faster with the same candidates.  With ``sums`` (and
+    ``exact``) the third value is those squares summed over the features
+    [N, kk] as the graph's ``ReduceSum`` adds them (the squares themselves are
+    not kept).  Raises ``RuntimeError`` when the library is missing or the
+    sizes are refused.
     """
     lib = _library()
     if lib is None:
@@ -199,16 +218,87 @@ def candidates(x: NDArray[np.float32], weights: NDArray[np.float32], kk: int,
         rows = np.ascontiguousarray(exact[1], dtype=np.float64)
         if xs.shape != (n, d) or rows.ndim != 2 or rows.shape[1] != d:
             raise RuntimeError(f"exact stage: rows {xs.shape} and reference {rows.shape} for {n} x {d}")
-        sq = np.empty((n, kk, d), dtype=np.float64)
+        sq = np.empty((kk, d) if sums else (n, kk, d), dtype=np.float64)
+        total = np.empty((n, kk), dtype=np.float64) if sums else None
     failed = lib.anomstream_candidates(
         x.ctypes.data, n, d, center.ctypes.data, weights.ctypes.data, width, kk, out.ctypes.data,
         scratch.ctypes.data, None if xs is None else xs.ctypes.data, None if rows is None else rows.ctypes.data,
         0 if rows is None else rows.shape[0], None if sq is None else sq.ctypes.data,
+        None if sq is None or total is None else total.ctypes.data,
         *((None, None, None, None) if pre is None else
           (pre.pairs.ctypes.data, pre.transposed.ctypes.data, pre.norms.ctypes.data, pre.const.ctypes.data)))
     if failed < 0:
         raise RuntimeError(f"compiled neighbour search refused sizes d={d}, width={width}, kk={kk}")
-    return out, int(failed), sq
+    return out, int(failed), total if sums else sq
+
+
+def density(sums: NDArray[np.float64], cand: NDArray[np.int64], stage: DensityStage, *,
+            unrounded: NDArray[np.float64] | None = None) -> tuple[NDArray[np.float32], NDArray[np.float64]] | None:
+    """LOF's score and 0/1 neighbour weights [N, kk] from the summed squares and candidates of a search.
+
+    The graph's bits (:class:`stream.serving_graph.DensityStage`), or None
+    where a sum is NaN or a candidate lies outside the reference rows.
+    ``unrounded`` [N] float64, if given, receives the score before its cast
+    to float32 (the graph's ``lof_score``), where the order of its sums
+    still shows.
+    """
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the compiled neighbour search is not available")
+    n, kk = cand.shape
+    if sums.shape != (n, kk) or sums.dtype != np.float64 or cand.dtype != np.int64 or not (
+            sums.flags.c_contiguous and cand.flags.c_contiguous) or (unrounded is not None and unrounded.shape != (n,)):
+        raise RuntimeError(f"density stage: sums {sums.shape} and candidates {cand.shape}")
+    score = np.empty(n, dtype=np.float32)
+    chosen = np.empty((n, kk), dtype=np.float64)
+    failed = lib.anomstream_lof_density(
+        n, kk, sums.ctypes.data, cand.ctypes.data, stage.k_sq, stage.k_key, stage.k_distance.ctypes.data,
+        stage.lrd.ctypes.data, stage.lrd.shape[0], stage.inv_k, stage.eps, score.ctypes.data, chosen.ctypes.data,
+        None if unrounded is None else unrounded.ctypes.data)
+    return None if failed else (score, chosen)
+
+
+_sums_checked: dict[str, bool] = {}  # "agree": whether this process's onnxruntime adds as the compiled sums
+
+
+def sums_agree(session: Any) -> bool:
+    """Whether the onnxruntime behind ``session`` (a C-session factory) adds float64 rows as the compiled stage.
+
+    The compiled sums follow the order onnxruntime's CPU ``ReduceSum`` adds
+    a row of the last axis in (Eigen's two-lane packets, from the first
+    16-byte aligned value); a build that adds otherwise would round some
+    scores differently in the last place, so the compiled density stage is
+    used only where this check, on every row length 1-64 at both alignments,
+    finds the same bits.  Checked once per process.
+    """
+    lib = _library()
+    if lib is None:
+        return False
+    if "agree" in _sums_checked:
+        return _sums_checked["agree"]
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["v", "axes"], ["total"], keepdims=0)], "reduce_sum",
+        [helper.make_tensor_value_info("v", TensorProto.DOUBLE, [None, None])],
+        [helper.make_tensor_value_info("total", TensorProto.DOUBLE, [None])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    run = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    rng = np.random.default_rng(0)
+    agree = True
+    for length in range(1, MAX_KK + 1):
+        buf = np.exp(rng.standard_normal(8 * length + 1) * 8.0)
+        for off in (0, 1):
+            v = buf[off:off + 8 * length].reshape(8, length)
+            got = run.run(["total"], {"v": v}, None)[0]
+            for i in range(8):
+                row = v[i]
+                mine = lib.anomstream_reduce_sum(row.ctypes.data, length, (row.ctypes.data // 8) & 1)
+                agree &= mine == got[i]
+    if not agree:
+        log.info("this onnxruntime adds float64 rows in another order: LOF's density stage runs in the graph")
+    _sums_checked["agree"] = agree
+    return agree
 
 
 class NeighbourSplit:
@@ -234,6 +324,9 @@ class NeighbourSplit:
         self._prefilters = [prefilter(s.weights) for s in cut.searches]
         self._tail_made = {o.name for o in cut.tail.graph.output}
         self.fallbacks = 0  # batches scored whole because a search could not take them
+        stage = density_stage(cut)
+        self.density = stage if stage is not None and sums_agree(session) else None
+        self._density_made = {stage.score, stage.chosen, stage.candidates} if stage is not None else set()
 
     def run(self, names: list[str], feed: dict[str, Any], options: Any = None) -> list[Any]:
         """The outputs ``names`` for ``feed``, as the whole graph's session would return them."""
@@ -245,6 +338,8 @@ class NeighbourSplit:
             self._whole.run(names, feed, options)
         head = dict(zip(self.cut.head_outputs, self._head.run(self.cut.head_outputs, feed, options))) \
             if self._head is not None else {}
+        if self.density is not None and self._density_made.issuperset(names):
+            return self._compiled_density(names, feed, head, options)
         found: dict[str, Any] = {}
         for s, pre in zip(self.cut.searches, self._prefilters):
             x = head[s.x] if s.x in head else feed[s.x]
@@ -262,6 +357,21 @@ class NeighbourSplit:
         tail_feed = {n: head[n] if n in head else found[n] if n in found else feed[n] for n in self.cut.tail_inputs}
         tail = dict(zip(tail_names, self._tail.run(tail_names, tail_feed, options))) if tail_names else {}
         return [tail[n] if n in tail else found[n] if n in found else head[n] for n in names]
+
+    def _compiled_density(self, names: list[str], feed: dict[str, Any], head: dict[str, Any],
+                          options: Any) -> list[Any]:
+        """``names`` (of the score, the weights, the candidates) with no tail call: LOF's density compiled."""
+        stage, s = self.density, self.cut.searches[0]
+        assert stage is not None and s.exact is not None
+        x = head[s.x] if s.x in head else feed[s.x]
+        out, failed, sums = candidates(x, s.weights, s.kk, (head[s.exact.x] if s.exact.x in head else feed[s.exact.x],
+                                                            s.exact.rows), pre=self._prefilters[0], sums=True)
+        got = density(sums, out, stage) if not failed and sums is not None else None
+        if got is None:
+            self.fallbacks += 1
+            return list(self._whole.run(names, feed, options))
+        made = {stage.score: got[0], stage.chosen: got[1], stage.candidates: out}
+        return [made[n] for n in names]
 
 
 def grid_available() -> bool:

@@ -41,8 +41,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "TOP_INDEX", "TOP_SHARE", "ExactStage", "NeighbourCut", "NeighbourSearch", "contribution_handover", "cuda_capturable",
-    "fused_affine", "neighbour_cut", "pruned", "top_contributions",
+    "TOP_INDEX", "TOP_SHARE", "DensityStage", "ExactStage", "NeighbourCut", "NeighbourSearch", "contribution_handover", "cuda_capturable",
+    "density_stage", "fused_affine", "neighbour_cut", "pruned", "top_contributions",
     "with_inputs", "with_outputs", "without_imputation",
 ]
 
@@ -634,6 +634,169 @@ def _exact_after(search: NeighbourSearch, producer: dict[str, Any], consts: dict
     stage = ExactStage(cast.input[0], np.ascontiguousarray(rows), mul.output[0])
     return stage, [gather, cast, tile, reshape, sub, mul]
 
+
+@dataclass(frozen=True)
+class DensityStage:
+    """LOF's stage after its exact sums (:func:`density_stage`), as :mod:`stream.native` runs it compiled.
+
+    From the candidates ``candidates`` [N, kk] of a search with an exact
+    stage: the ``k_sq``-th smallest summed squared difference splits them,
+    ties filled by row number (the ``k_key``-th smallest key), and the score
+    is ``float32(mean(lrd[chosen]) * (mean(max(dist, k_distance[chosen])) +
+    eps))`` with the means as ``sum * inv_k``.  ``score`` and ``chosen``
+    name the graph's tensors it computes; ``k_distance`` and ``lrd`` are the
+    float64 tables per reference row.
+    """
+
+    candidates: str
+    score: str
+    chosen: str
+    k_sq: int
+    k_key: int
+    k_distance: NDArray[np.float64]
+    lrd: NDArray[np.float64]
+    inv_k: float
+    eps: float
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def density_stage(cut: NeighbourCut) -> DensityStage | None:
+    """LOF's density stage in ``cut``'s tail, matched node by node, or None where the tail is anything else.
+
+    The cut must hold one search with an exact stage; the tail's ``score``
+    output must come from its squared differences as
+    :meth:`models.zoo.lof.LOF.onnx_graph` and
+    :meth:`models.zoo.neighbours.ReferenceSet.onnx_nearest_set` build it
+    (``ReduceSum`` over the features; ``TopK`` and ``ReduceMin``/``ReduceMax``
+    for the two k-th smallest values; ``Equal``/``Less``/``Where`` for the tie
+    key; ``LessOrEqual`` and a ``Cast`` to double for the 0/1 weight;
+    ``Sqrt``, the two ``GatherElements`` lookups between ``Reshape`` nodes,
+    ``Max``, the two weighted ``ReduceSum`` means, ``Add`` of ``eps``, ``Mul``,
+    a ``Cast`` to float and an ``Identity``), with every constant of the
+    expected value and type.
+    """
+    from onnx import numpy_helper
+
+    if len(cut.searches) != 1 or cut.searches[0].exact is None:
+        return None
+    search = cut.searches[0]
+    exact = search.exact
+    assert exact is not None
+    graph = cut.tail.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    kk, rows = search.kk, exact.rows.shape[0]
+
+    def node(name: str, op: str, n_in: int) -> Any:
+        got = producer.get(name)
+        if got is None or got.op_type != op or len(got.input) != n_in or got.domain not in ("", "ai.onnx"):
+            raise _NoMatch(name)
+        return got
+
+    def const(name: str, dtype: Any, shape: tuple[int, ...] | None = None) -> NDArray[Any]:
+        if name not in consts or consts[name].dtype != dtype or (shape is not None and consts[name].shape != shape):
+            raise _NoMatch(name)
+        return consts[name]
+
+    def scalar(name: str) -> float:
+        v = const(name, np.float64)
+        if v.size != 1:
+            raise _NoMatch(name)
+        return float(v.reshape(-1)[0])
+
+    def axes(n: Any, want: int) -> None:
+        """``n`` reduces its input's last axis, ``want`` (or -1)."""
+        got = list(_attr(n, "axes", [])) if len(n.input) == 1 else const(n.input[1], np.int64).reshape(-1).tolist()
+        if got not in ([want], [-1]) or _attr(n, "noop_with_empty_axes", 0):
+            raise _NoMatch(n.name)
+
+    def kth(name: str, of: str) -> int:
+        """The k of a k-th smallest of ``of`` along its rows (TopK then ReduceMax/ReduceMin)."""
+        red = producer.get(name)
+        if red is None or red.op_type not in ("ReduceMax", "ReduceMin") or _attr(red, "keepdims", 1) != 1:
+            raise _NoMatch(name)
+        axes(red, 1)
+        top = node(red.input[0], "TopK", 2)
+        count = const(top.input[1], np.int64).reshape(-1)
+        if top.input[0] != of or top.output[0] != red.input[0] or count.size != 1 or _attr(top, "axis", -1) not in (1, -1):
+            raise _NoMatch(name)
+        largest, c = _attr(top, "largest", 1), int(count[0])
+        k = c if largest == 0 and red.op_type == "ReduceMax" else kk - c + 1 if largest == 1 and red.op_type == "ReduceMin" else 0
+        if not 1 <= k <= kk or not 1 <= c <= kk:
+            raise _NoMatch(name)
+        return k
+
+    def lookup(name: str) -> NDArray[np.float64]:
+        back = node(name, "Reshape", 2)
+        gather = node(back.input[0], "GatherElements", 2)
+        flat = node(gather.input[1], "Reshape", 2)
+        table = const(gather.input[0], np.float64, (1, rows))
+        if (_attr(gather, "axis", 0) != 1 or flat.input[0] != search.output
+                or const(flat.input[1], np.int64).tolist() != [1, -1]
+                or const(back.input[1], np.int64).tolist() != [-1, kk]):
+            raise _NoMatch(name)
+        return np.ascontiguousarray(table.reshape(-1))
+
+    def mean(name: str) -> tuple[str, str, float]:
+        """(values, weight, inv_k) of ``Mul(ReduceSum(Mul(values, weight), last axis), inv_k)``."""
+        scaled = node(name, "Mul", 2)
+        total = node(scaled.input[0], "ReduceSum", 2)
+        axes(total, 1)
+        weighted = node(total.input[0], "Mul", 2)
+        if _attr(total, "keepdims", 1) != 0:
+            raise _NoMatch(name)
+        return weighted.input[0], weighted.input[1], scalar(scaled.input[1])
+
+    def where_const(name: str, value: float) -> None:
+        if scalar(name) != value:
+            raise _NoMatch(name)
+
+    try:
+        if "score" not in {o.name for o in graph.output}:
+            return None
+        out = node("score", "Identity", 1)
+        to_float = node(out.input[0], "Cast", 1)
+        if _attr(to_float, "to", 0) != 1:  # FLOAT
+            return None
+        lof = node(to_float.input[0], "Mul", 2)
+        shifted = node(lof.input[1], "Add", 2)
+        eps = scalar(shifted.input[1])
+        lrd_nbrs, chosen, inv_k = mean(lof.input[0])
+        reach_name, chosen_again, inv_k_again = mean(shifted.input[0])
+        if chosen_again != chosen or inv_k_again != inv_k:
+            return None
+        reach = node(reach_name, "Max", 2)
+        dist = node(reach.input[0], "Sqrt", 1)
+        sq = dist.input[0]
+        total = node(sq, "ReduceSum", 2)
+        axes(total, 2)
+        if total.input[0] != exact.output or _attr(total, "keepdims", 1) != 0:
+            return None
+        k_distance, lrd = lookup(reach.input[1]), lookup(lrd_nbrs)
+        weight = node(chosen, "Cast", 1)
+        hit = node(weight.input[0], "LessOrEqual", 2)
+        if _attr(weight, "to", 0) != 11:  # DOUBLE
+            return None
+        key = hit.input[0]
+        k_key = kth(hit.input[1], key)
+        below = node(key, "Where", 3)
+        less = node(below.input[0], "Less", 2)
+        where_const(below.input[1], -1.0)
+        at = node(below.input[2], "Where", 3)
+        equal = node(at.input[0], "Equal", 2)
+        number = node(at.input[1], "Cast", 1)
+        where_const(at.input[2], float("inf"))
+        t = less.input[1]
+        if (less.input[0] != sq or list(equal.input) != [sq, t] or number.input[0] != search.output
+                or _attr(number, "to", 0) != 11):
+            return None
+        k_sq = kth(t, sq)
+    except _NoMatch:
+        return None
+    return DensityStage(search.output, "score", chosen, k_sq, k_key, k_distance, lrd, inv_k, eps)
 
 @dataclass(frozen=True)
 class GridCut:

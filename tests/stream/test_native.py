@@ -288,3 +288,174 @@ def test_inference_native_setting_reaches_the_service_scorer(
     settings = Settings.load(cfg, environ={"ANOMSTREAM_INFERENCE__NATIVE": native_setting})
     assert settings.inference.native == native_setting
     assert (load_scorer(settings).native_searches > 0) is searches
+
+
+def _session(m: object) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+
+
+def test_compiled_sums_add_in_onnxruntimes_order() -> None:
+    """The check the split makes before compiling LOF's density stage holds on this onnxruntime, and means it.
+
+    Sequential sums, numpy's pairwise ones and the compiled ones differ on
+    such rows, so agreeing bit for bit on every length is not a given.
+    """
+    import ctypes
+
+    assert native.sums_agree(_session)
+    lib = native._library()
+    assert lib is not None
+    rng = np.random.default_rng(3)
+    v = np.exp(rng.standard_normal(64) * 8.0)
+    compiled = lib.anomstream_reduce_sum(v.ctypes.data, 64, 0)
+    assert compiled != float(sum(v.tolist())) or compiled != float(np.sum(v))
+    assert lib.anomstream_reduce_sum(v.ctypes.data, 64, 1) != compiled or ctypes.c_double(compiled).value == compiled
+
+
+def _lof_split(root: Path, X: np.ndarray, k: int, name: str,
+               extra: tuple[str, ...] = ()) -> tuple[native.NeighbourSplit, object]:
+    import onnx
+
+    art = _artifact(root, name, Pipeline(preprocessor=Preprocessor(scaler="standard"),
+                                         detector=make_detector("lof", n_neighbors=k)).fit(X), X)
+    # the score call of the core's hand-over way (for LOF at 20 neighbours): the candidates and weights too
+    model = serving_graph.with_outputs(serving_graph.pruned(onnx.load(str(art.model_path)), ["score"])[0],
+                                       ["candidates", "chosen", *extra])
+    cut = serving_graph.neighbour_cut(model)
+    assert cut is not None
+    whole = _session(model)
+    return native.NeighbourSplit(cut, _session, whole), whole
+
+
+@pytest.mark.parametrize(("d", "k"), [(8, 20), (5, 20), (7, 5), (5, 2), (6, 3), (3, 1)])
+def test_compiled_density_gives_the_graphs_bits(d: int, k: int, tmp_path: Path) -> None:
+    """LOF's score and neighbour weights from the compiled stage equal the graph's, ties and odd widths included.
+
+    Against the graph's own tail on the same candidates: every bit of the
+XX
+    a coarse grid, half the training rows repeated and queries that copy
+    training rows make many candidates tie at the k-th distance; odd feature
+    counts and candidate counts put the graph's rows at both alignments its
+    ReduceSum adds differently.  Both of the graph's k-th selections are met
+    (the k smallest where k is small, the rest's largest otherwise).
+    """
+    rng = np.random.default_rng(d * 100 + k)
+    X = np.round(rng.normal(size=(_TRAIN, d)) * 2) / 2
+    X[1::2] = X[::2]
+    X = X.astype(np.float32)
+    split, whole = _lof_split(tmp_path, X, k, f"lof{d}_{k}")
+    stage = split.density
+    assert stage is not None and stage.k_sq == k == stage.k_key
+    queries = np.vstack([X[rng.integers(0, _TRAIN, 300)], np.round(rng.normal(size=(300, d)) * 2) / 2,
+                         rng.normal(size=(300, d)) * 3]).astype(np.float32)
+    names = ["score", stage.candidates, stage.chosen]
+    for n in (native.MIN_ROWS, 37, 256, 900):
+        feed = {"features": queries[:n]}
+        got = split.run(names, feed)
+        split.density = None
+        tail = split.run(names, feed)
+        split.density = stage
+        for name, a, b in zip(names, got, tail, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}, {n} rows, against the graph's tail")
+        np.testing.assert_array_equal(got[0], whole.run(["score"], feed)[0],  # type: ignore[attr-defined]
+                                      err_msg=f"{n} rows, against the whole graph")
+        assert np.all(got[2].sum(axis=1) == k)
+    assert split.fallbacks == 0
+
+
+@pytest.mark.parametrize(("d", "k"), [(8, 20), (7, 5), (5, 2), (3, 1)])
+def test_compiled_density_adds_in_the_graphs_order(d: int, k: int, tmp_path: Path) -> None:
+    """The float64 sums before any cast: the squared distances and the unrounded score, bit for bit.
+
+    The float32 score hides most last-place differences of its float64
+    sums; these are the graph's own intermediate tensors (``sq_dist``,
+    ``lof_score``) from its tail on the same candidates.  Odd feature counts
+    and odd candidate counts (for some of these k) start rows at both
+    alignments.
+    """
+    rng = np.random.default_rng(d + k)
+    X = rng.normal(size=(_TRAIN, d)).astype(np.float32)
+    split, _ = _lof_split(tmp_path, X, k, f"lof_sums{d}_{k}", ("sq_dist", "lof_score"))
+    stage, search = split.density, split.cut.searches[0]
+    assert stage is not None and search.exact is not None
+    queries = (rng.normal(size=(301, d)) * 2).astype(np.float32)
+    feed = {"features": queries}
+    want_sq, want_lof, cand = split.run(["sq_dist", "lof_score", "candidates"], feed)  # the graph's tail
+    inputs = [n for n in (search.x, search.exact.x) if n in split.cut.head_outputs]
+    head = dict(zip(inputs, split.run(inputs, feed)))
+    got_cand, failed, sums = native.candidates(head[search.x], search.weights, search.kk,
+                                               (head.get(search.exact.x, queries), search.exact.rows), sums=True)
+    assert failed == 0 and sums is not None
+    np.testing.assert_array_equal(got_cand, cand)
+    np.testing.assert_array_equal(sums, want_sq)
+    unrounded = np.empty(len(queries))
+    assert native.density(sums, got_cand, stage, unrounded=unrounded) is not None
+    np.testing.assert_array_equal(unrounded, want_lof)
+
+
+def test_compiled_density_picks_the_k_nearest_on_every_path() -> None:
+    """Every k from 1 to kk (both selections, the four-register one and the longer one), many ties.
+
+    Against numpy: the neighbours are those below the k-th smallest summed
+    square and, at it, the lowest row numbers; the score is LOF's formula.
+    """
+    rng = np.random.default_rng(11)
+    rows = 300
+    table_kd, table_lrd = rng.random(rows) + 0.5, rng.random(rows) + 0.5
+    for kk in (1, 2, 3, 5, 7, 8, 9, 22, 64):
+        for k in range(1, kk + 1):
+            stage = serving_graph.DensityStage("candidates", "score", "chosen", k, k, table_kd, table_lrd, 1 / k, 1e-10)
+            sums = rng.integers(0, 6, size=(40, kk)).astype(np.float64)  # small integers: many ties
+            cand = np.stack([rng.choice(rows, kk, replace=False) for _ in range(40)]).astype(np.int64)
+            got = native.density(sums, cand, stage)
+            assert got is not None
+            score, chosen = got
+            kth = np.sort(sums, axis=1)[:, k - 1:k]
+            key = np.where(sums < kth, -1.0, np.where(sums == kth, cand.astype(np.float64), np.inf))
+            want = (key <= np.sort(key, axis=1)[:, k - 1:k]).astype(np.float64)
+            np.testing.assert_array_equal(chosen, want, err_msg=f"kk={kk}, k={k}")
+            reach = np.maximum(np.sqrt(sums), table_kd[cand])
+            lof = (table_lrd[cand] * want).sum(axis=1) / k * ((reach * want).sum(axis=1) / k + 1e-10)
+            np.testing.assert_allclose(score, lof, rtol=1e-6, err_msg=f"kk={kk}, k={k}")
+
+
+def test_density_stage_is_matched_only_on_lofs_tail(artifacts: dict[str, Artifact]) -> None:
+    """KNN's tail is not LOF's; a LOF tail with one constant changed is not matched either."""
+    import onnx
+    from onnx import numpy_helper
+
+    knn = serving_graph.neighbour_cut(onnx.load(str(artifacts["knn"].model_path)))
+    assert knn is not None and serving_graph.density_stage(knn) is None
+    model = onnx.load(str(artifacts["lof"].model_path))
+    cut = serving_graph.neighbour_cut(model)
+    assert cut is not None
+    stage = serving_graph.density_stage(cut)
+    assert stage is not None and stage.k_sq == 20 and stage.inv_k == 1 / 20 and stage.eps == 1e-10
+    for name, value in (("minus_one", -2.0), ("inf", 1e300), ("eps", 1e-9)):
+        changed = onnx.load(str(artifacts["lof"].model_path))
+        init = next(t for t in changed.graph.initializer if t.name == name)
+        init.CopyFrom(numpy_helper.from_array(np.array(value), name))
+        cut = serving_graph.neighbour_cut(changed)
+        assert cut is not None
+        found = serving_graph.density_stage(cut)
+        assert found is None or (name == "eps" and found.eps == 1e-9), name
+
+
+def test_compiled_density_refuses_candidates_outside_the_reference_rows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(_TRAIN, 5)).astype(np.float32)
+    split, _ = _lof_split(tmp_path, X, 20, "lof_refuse")
+    stage = split.density
+    assert stage is not None
+    sums = rng.random((4, 22))
+    cand = rng.integers(0, stage.lrd.shape[0], size=(4, 22))
+    assert native.density(sums, cand, stage) is not None
+    cand[2, 5] = stage.lrd.shape[0]
+    assert native.density(sums, cand, stage) is None
+    sums[0, 0] = np.nan
+    cand[2, 5] = 0
+    assert native.density(sums, cand, stage) is None
