@@ -3,10 +3,12 @@
 * ``neighbours.c``, the neighbour search: plain C loaded with ctypes
   (``stream/native.py``), so it does not depend on the Python version.
 * ``grading.c``, the calibration, threshold and severity of a batch
-  (``stream/core.py``): a CPython extension module, built for the Python
-  that builds the wheel (its headers, ``Python.h``, are needed).
+  (``stream/core.py``), and ``decoding.c``, plain JSON events straight into
+  the feature matrix (``stream/decoding.py``): CPython extension modules,
+  built for the Python that builds the wheel (its headers, ``Python.h``, are
+  needed).
 
-With the extension the wheel is tagged for that Python
+With an extension the wheel is tagged for that Python
 (``cpXY-cpXY-<platform>``), with the library alone ``py3-none-<platform>``.
 Without a C compiler (or without ``Python.h`` for the extension) the package
 still installs and the core runs the numpy and onnxruntime paths (a warning
@@ -30,8 +32,10 @@ LIBRARY = Path("stream/_native/libanomstream_neighbours.so")
 # No contraction of a multiply and an add into an FMA: each step must round as the graph's node (or np.interp)
 # rounds it.  No errno from sqrt, so its loops vectorise (the square roots are IEEE's either way).
 FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", "-fno-math-errno"]
-EXT_SOURCE = Path("stream/_native/grading.c")
-EXT_FLAGS = FLAGS
+EXTENSIONS = {  # module name: (source, what runs without it)
+    "_grading": (Path("stream/_native/grading.c"), "scores are graded in numpy"),
+    "_decoding": (Path("stream/_native/decoding.c"), "events are decoded by the general path alone"),
+}
 
 
 def _compiler() -> str | None:
@@ -66,24 +70,24 @@ def build(root: Path) -> Path | None:
     return library if _compile(cc, FLAGS, root / SOURCE, library, without) else None
 
 
-def extension_path() -> Path:
-    """Where the extension module goes, relative to the root (this Python's suffix)."""
-    return EXT_SOURCE.with_name("_grading" + str(sysconfig.get_config_var("EXT_SUFFIX")))
+def extension_path(name: str) -> Path:
+    """Where the extension module ``name`` goes, relative to the root (this Python's suffix)."""
+    return EXTENSIONS[name][0].with_name(name + str(sysconfig.get_config_var("EXT_SUFFIX")))
 
 
-def build_extension(root: Path) -> Path | None:
-    """Compile the extension module next to its source; its path, or None where it could not be built."""
+def build_extension(root: Path, name: str) -> Path | None:
+    """Compile the extension module ``name`` next to its source; its path, or None where it could not be built."""
     if sys.platform != "linux" or sys.implementation.name != "cpython":
         return None
-    without = "scores are graded in numpy"
+    source, without = EXTENSIONS[name]
     cc = _compiler()
     include = sysconfig.get_paths()["include"]
     if cc is None or not (Path(include) / "Python.h").is_file():
         what = "no C compiler" if cc is None else f"no Python.h in {include}"
-        print(f"anomstream: {what}: {EXT_SOURCE} not built, {without}", file=sys.stderr)
+        print(f"anomstream: {what}: {source} not built, {without}", file=sys.stderr)
         return None
-    module = root / extension_path()
-    return module if _compile(cc, [*EXT_FLAGS, f"-I{include}"], root / EXT_SOURCE, module, without) else None
+    module = root / extension_path(name)
+    return module if _compile(cc, [*FLAGS, f"-I{include}"], root / source, module, without) else None
 
 
 class CustomBuildHook(BuildHookInterface):  # type: ignore[misc]
@@ -91,12 +95,15 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[misc]
         if self.target_name != "wheel":
             return
         root = Path(self.root)
-        library, module = build(root), build_extension(root)
+        library = build(root)
+        modules = {name: build_extension(root, name) for name in EXTENSIONS}
         platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
         if library is not None:
             build_data["force_include"][str(library)] = str(LIBRARY)
-        if module is not None:
-            build_data["force_include"][str(module)] = str(extension_path())
+        for name, module in modules.items():
+            if module is not None:
+                build_data["force_include"][str(module)] = str(extension_path(name))
+        if any(m is not None for m in modules.values()):
             # An extension module: this CPython's ABI only.
             abi = f"cp{sys.version_info.major}{sys.version_info.minor}"
             abi += "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""

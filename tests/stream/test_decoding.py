@@ -175,3 +175,143 @@ def test_typed_events_of_another_card_take_the_general_path() -> None:
     out = EventDecoder(["c", "a"]).decode(old)
     assert out.rows == [0] and out.X.tolist() == [[3.0, 1.0]] and out.ids == [1]
     assert [(r.index, r.code) for r in out.rejected] == [(1, "wrong_length")]
+
+
+_compiled = pytest.mark.skipif(EventDecoder(FEATURES)._compiled is None, reason="the decoding extension is not built")
+
+
+def _number_text(rng: np.random.Generator) -> str:
+    """A JSON number in one of many spellings (and, rarely, something close to one that is not)."""
+    kind = int(rng.integers(12))
+    if kind == 0:
+        return str(int(rng.integers(-(2**62), 2**62)) >> int(rng.integers(0, 62)))
+    if kind == 1:  # integers of 17-21 digits, past int64 and past 19 digits
+        return ("-" if rng.random() < 0.5 else "") + str(int(rng.integers(1, 10))) + "".join(
+            str(int(d)) for d in rng.integers(0, 10, int(rng.integers(16, 21))))
+    if kind == 2:
+        return repr(float(rng.standard_normal() * 10.0 ** rng.integers(-45, 39)))
+    if kind == 3:  # long mantissas, both exponent letters and signs
+        mant = "".join(str(int(d)) for d in rng.integers(0, 10, int(rng.integers(1, 30))))
+        frac = "".join(str(int(d)) for d in rng.integers(0, 10, int(rng.integers(1, 30))))
+        exp = f"{'eE'[int(rng.integers(2))]}{['', '+', '-'][int(rng.integers(3))]}{int(rng.integers(0, 50))}"
+        return f"{'-' if rng.random() < 0.5 else ''}{mant.lstrip('0') or '0'}.{frac}{exp if rng.random() < 0.7 else ''}"
+    if kind == 4:  # around float32's limits and below the smallest double
+        return ["3.4028234e38", "3.4028235e38", "3.40282357e38", "-3.4028235e38", "1e-320", "2.5e-324", "1e-400",
+                "1.17549435e-38", "1.4e-45", "7e-46", "0.0", "-0.0", "0", "-0", "1E+2", "1e39"][int(rng.integers(16))]
+    if kind == 5:  # halfway cases of float32 rounding
+        return repr(float(np.float32(rng.standard_normal())) + float(np.spacing(np.float32(1.0))) / 2)
+    if kind == 6:
+        return "null"
+    if kind == 7:  # not numbers, or not JSON
+        return ["01", "1.", ".5", "+1", "NaN", "Infinity", "-", "1e", "0x10", "true", '"1"', "[1]", "1.0.0"][
+            int(rng.integers(13))]
+    return f"{rng.standard_normal() * 100:.{int(rng.integers(0, 12))}f}"
+
+
+def _ws(rng: np.random.Generator) -> str:
+    return "".join(" \t\n\r"[int(i)] for i in rng.integers(0, 4, int(rng.integers(0, 3)))) if rng.random() < 0.3 else ""
+
+
+def _fuzzed_event(rng: np.random.Generator) -> bytes:
+    """One event spelled in many ways: key orders, whitespace, escapes, extra or missing parts, broken JSON."""
+    w = lambda: _ws(rng)
+    parts = []
+    if rng.random() < 0.85:
+        values = [_number_text(rng) for _ in FEATURES]
+        if rng.random() < 0.5:
+            body = "[" + ",".join(f"{w()}{v}{w()}" for v in values) + "]"
+            if rng.random() < 0.05:
+                body = body[:-1] + ",1]"
+        else:
+            names = list(FEATURES)
+            if rng.random() < 0.5:
+                rng.shuffle(names)
+            items = [f'{w()}"{n}"{w()}:{w()}{v}' for n, v in zip(names, values)]
+            extra = int(rng.integers(10))
+            if extra == 0:
+                items.append(f'"extra":{_number_text(rng)}')
+            elif extra == 1:
+                items.append('"extra":"x"')
+            elif extra == 2:
+                items.append('"\\u0061":1')  # "a" written with an escape
+            elif extra == 3:
+                items.append('"a":2')  # a duplicate
+            elif extra == 4:
+                items.pop()  # a missing feature
+            elif extra == 5:
+                items.append('"caf\u00e9":1')
+            elif extra == 6:
+                items[-1] = items[0]  # one feature twice, another missing
+            elif extra == 7:
+                items.append('"bad-@":1')  # a name that is not UTF-8 (below)
+            body = "{" + ",".join(items) + "}"
+        parts.append(f'"features"{w()}:{w()}{body}')
+    for key in ("id", "key", "ts"):
+        if rng.random() < 0.6:
+            value = [_number_text(rng), '"ev-1"', '"h\u00e9llo"', '"a\\"b"', '"\\u00e9"', "null", "true",
+                     '"2026-11-22T10:00:00Z"', "{}"][int(rng.integers(9))]
+            parts.append(f'"{key}"{w()}:{w()}{value}')
+    if rng.random() < 0.05:
+        parts.append('"other":1')
+    if rng.random() < 0.03 and parts:
+        parts.append(parts[0])  # a duplicate key
+    order = rng.permutation(len(parts))
+    text = w() + "{" + ",".join(f"{w()}{parts[i]}{w()}" for i in order) + "}" + w()
+    if rng.random() < 0.03:
+        text = text[:int(rng.integers(len(text)))]
+    if rng.random() < 0.02:
+        text += "x"
+    raw = text.encode().replace(b"bad-@", b"bad-\xff")
+    if rng.random() < 0.02:
+        raw = raw.replace(b"ev-1", b"ev-\xff")
+    return raw
+
+
+@_compiled
+def test_compiled_decoding_gives_what_the_general_path_gives() -> None:
+    """Fuzzed events one by one: the same rows, values (bit for bit), ids, keys, stamps, imputations, rejections.
+
+    Each event alone in its batch, so an event the compiled path leaves to the
+    general one does not hide the others; a good share of them must be
+    taken by the compiled path, or the comparison would prove nothing.
+    """
+    from stream._native import _decoding
+
+    compiled, general = EventDecoder(FEATURES, max_event_bytes=400), EventDecoder(FEATURES, max_event_bytes=400,
+                                                                                 compiled=False)
+    rng = np.random.default_rng(17)
+    taken = 0
+    for i in range(40_000):
+        if i % 2:
+            raw = _fuzzed_event(rng)
+        else:  # the numbers' spellings alone, in the plain shape
+            values = [_number_text(rng) for _ in FEATURES]
+            named = ",".join('"' + n + '":' + v for n, v in zip(FEATURES, values))
+            raw = ('{"id":' + str(i) + ',"features":[' + ",".join(values) + "]}" if i % 4 else
+                   '{"features":{' + named + '},"ts":' + str(i) + ".5}").encode()
+        a, b = compiled.decode([raw]), general.decode([raw])
+        assert a.rows == b.rows, raw
+        assert np.array_equal(a.X.view(np.uint32), b.X.view(np.uint32)), (raw, a.X, b.X)
+        assert a.ids == b.ids and a.keys == b.keys and a.ts == b.ts, raw
+        assert [type(v) for v in (*a.ids, *a.keys, *a.ts)] == [type(v) for v in (*b.ids, *b.keys, *b.ts)], raw
+        assert a.imputed == b.imputed and a.rejected == b.rejected, raw
+        taken += _decoding.decode([raw], FEATURES, np.empty((1, 3), np.float32), 400) is not None
+    assert 8_000 < taken < 38_000, taken
+
+
+@_compiled
+def test_a_batch_of_plain_events_is_decoded_compiled_in_one_call() -> None:
+    from stream._native import _decoding
+
+    payloads = _random_events(3000, seed=8, past_int64=False)
+    payloads = [orjson.dumps(ev) for ev in map(orjson.loads, payloads)
+                if not isinstance(ev["features"], dict) or "extra" not in ev["features"]]
+    X = np.empty((len(payloads), 3), np.float32)
+    assert _decoding.decode(payloads, FEATURES, X, 1000) is not None
+    a = EventDecoder(FEATURES).decode(payloads)
+    b = EventDecoder(FEATURES, compiled=False).decode(payloads)
+    assert np.array_equal(a.X.view(np.uint32), b.X.view(np.uint32)) and np.array_equal(a.X.view(np.uint32), X.view(np.uint32))
+    assert (a.rows, a.ids, a.keys, a.ts, a.imputed, a.rejected) == (b.rows, b.ids, b.keys, b.ts, b.imputed, b.rejected)
+    # one event the compiled path does not take: the whole batch goes the general way, nothing lost
+    mixed = EventDecoder(FEATURES).decode([*payloads[:10], b'{"features": [1, "x", 3]}', *payloads[10:20]])
+    assert len(mixed.rows) == 20 and [r.index for r in mixed.rejected] == [10]
