@@ -14,7 +14,7 @@ ADBENCH_BUDGET ?= 6
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile hatch_build.py stream/_native/neighbours.c stream/_native/grading.c \
-		stream/_native/decoding.c
+		stream/_native/decoding.c stream/_native/records.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)

@@ -3,8 +3,9 @@
 * ``neighbours.c``, the neighbour search: plain C loaded with ctypes
   (``stream/native.py``), so it does not depend on the Python version.
 * ``grading.c``, the calibration, threshold and severity of a batch
-  (``stream/core.py``), and ``decoding.c``, plain JSON events straight into
-  the feature matrix (``stream/decoding.py``): CPython extension modules,
+  (``stream/core.py``), ``decoding.c``, plain JSON events straight into
+  the feature matrix (``stream/decoding.py``), and ``records.c``, a batch's
+  score records straight to JSON (``stream/records.py``): CPython extension modules,
   built for the Python that builds the wheel (its headers, ``Python.h``, are
   needed).
 
@@ -35,6 +36,7 @@ FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "
 EXTENSIONS = {  # module name: (source, what runs without it)
     "_grading": (Path("stream/_native/grading.c"), "scores are graded in numpy"),
     "_decoding": (Path("stream/_native/decoding.c"), "events are decoded by the general path alone"),
+    "_records": (Path("stream/_native/records.c"), "score records are encoded from dicts"),
 }
 
 

@@ -71,7 +71,7 @@ from stream.batching import split_batches
 from stream.core import ScoredBatch
 from stream.decoding import DecodedBatch, EventDecoder
 from stream.metrics import Metrics
-from stream.records import dlq_record, dumps, score_records
+from stream.records import Source, dlq_record, dumps, encoded_score_records, score_records
 
 __all__ = ["KafkaRunner", "LiveModel", "RecordSink", "ScoredHook", "stop_consumer", "tail_control"]
 
@@ -80,7 +80,8 @@ log = logging.getLogger(__name__)
 # trainer's window reader take it too).
 FETCH_BYTES = 4 << 20
 
-RecordSink = Callable[[str, list[dict[str, Any]]], None]
+RecordSink = Callable[[str, list[dict[str, Any]] | list[bytes]], None]  # records as dicts or encoded JSON
+ControlSink = Callable[[str, list[dict[str, Any]]], None]
 ScoredHook = Callable[[DecodedBatch, ScoredBatch, dict[TopicPartition, int]], None]
 """Called with every scored batch (decoded rows, scores, next offsets): the drift monitor's seam."""
 
@@ -295,26 +296,41 @@ class KafkaRunner:
         decoded = decoder.decode(values)
         scored = scorer.score(decoded.X)
         scored_at = time.time()
-        sources = [{"topic": msg.topic, "partition": msg.partition, "offset": msg.offset} for msg in messages]
         keys = [msg.key.decode("utf-8", "replace") if msg.key is not None else None for msg in messages]
         stamps = np.fromiter((messages[i].timestamp or 0 for i in decoded.rows), np.float64, len(decoded.rows))
         received = np.where(stamps > 0, stamps / 1000.0, now)
-        records = score_records(
-            decoded, scored, model=scorer.ref, features=scorer.features, scored_at=scored_at,
-            received_at=received, keys=keys, sources=sources,
+        # The score records straight to JSON in one compiled call where it can (records.c); dicts then only
+        # for the anomalous rows, which the alerts read.
+        encoded = encoded_score_records(
+            decoded, scored, model=scorer.ref, features=scorer.features, scored_at=scored_at, received_at=received,
+            keys=keys, topics=[msg.topic for msg in messages],
+            partitions=np.fromiter((msg.partition for msg in messages), np.int64, len(messages)),
+            offsets=np.fromiter((msg.offset for msg in messages), np.int64, len(messages)),
         )
+        sources = _Sources(messages)
+        anomalous_rows = scored.anomalous_rows.tolist()
+        if encoded is None:
+            records = score_records(
+                decoded, scored, model=scorer.ref, features=scorer.features, scored_at=scored_at,
+                received_at=received, keys=keys, sources=sources,
+            )
+            encoded = [dumps(rec) for rec in records]
+            anomalies = [records[i] for i in anomalous_rows]
+        else:
+            anomalies = score_records(
+                decoded, scored, model=scorer.ref, features=scorer.features, scored_at=scored_at,
+                received_at=received, keys=keys, sources=sources, only=anomalous_rows,
+            ) if anomalous_rows else []
         outputs: list[tuple[str, int, bytes | None, bytes]] = []
         parts = self._partitions
         out_parts = parts[self.output_topic]
-        for rec, pos in zip(records, decoded.rows):
+        for value, pos in zip(encoded, decoded.rows):
             msg = messages[pos]
-            outputs.append((self.output_topic, self._partition(msg.key, msg.partition, out_parts), msg.key, dumps(rec)))
-        anomalies = [records[i] for i in scored.anomalous_rows.tolist()]
+            outputs.append((self.output_topic, self._partition(msg.key, msg.partition, out_parts), msg.key, value))
         if anomalies:
             sev = scored.severity[scored.anomalous_rows].tolist()
             alerts = self.alert_filter.select(anomalies, sev, scored_at)
             alert_parts = parts[self.alerts_topic]
-            anomalous_rows = scored.anomalous_rows.tolist()
             for i, alert in alerts:
                 msg = messages[decoded.rows[anomalous_rows[i]]]
                 outputs.append((self.alerts_topic, self._partition(msg.key, msg.partition, alert_parts), msg.key, dumps(alert)))
@@ -337,11 +353,11 @@ class KafkaRunner:
         m.record_batch(source="kafka", events=len(messages), scored=len(decoded.rows),
                        inference_s=scored.inference_s, latencies_s=scored_at - received,
                        severities=scored.severity[scored.anomalous_rows])
-        self.scored += len(records)
+        self.scored += len(encoded)
         if self.on_scored is not None:
             self.on_scored(decoded, scored, offsets)
         if self.on_records is not None:
-            self.on_records("scores", records)
+            self.on_records("scores", encoded)
             if anomalies:
                 self.on_records("anomalies", anomalies)
         return outputs, offsets
@@ -396,7 +412,7 @@ async def stop_consumer(consumer: Any) -> None:
         log.debug("the consumer's fetcher was cancelled while the broker was away")
 
 
-async def tail_control(bootstrap: str, topic: str, sink: RecordSink, stop: asyncio.Event, *,
+async def tail_control(bootstrap: str, topic: str, sink: ControlSink, stop: asyncio.Event, *,
                        client: Mapping[str, Any] | None = None) -> None:
     """Forward control-topic events (drift, retraining, promotions) to ``sink("control", ...)``.
 
@@ -428,3 +444,19 @@ async def tail_control(bootstrap: str, topic: str, sink: RecordSink, stop: async
                 sink("control", events)
     finally:
         await stop_consumer(consumer)
+
+
+class _Sources(Sequence[Source]):
+    """The ``source`` of each message of a batch, built only for the positions asked for (dead letters, alerts)."""
+
+    __slots__ = ("_messages",)
+
+    def __init__(self, messages: Sequence[Any]) -> None:
+        self._messages = messages
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def __getitem__(self, pos: int) -> Source:  # type: ignore[override]
+        msg = self._messages[pos]
+        return {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
