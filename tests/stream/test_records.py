@@ -39,8 +39,9 @@ def _batch(rng: np.random.Generator, n: int, m: int) -> tuple[DecodedBatch, Scor
     parts = rng.integers(0, 8, m).astype(np.int64)
     offsets = rng.integers(0, 2**40, m).astype(np.int64)
     received = 1.7e9 + rng.random(n)
-    kw = dict(model="iforest@3", features=FEATURES, scored_at=1.7e9 + 2.0, received_at=received)
-    return decoded, scored, dict(kw, keys=msg_keys, topics=topics, partitions=parts, offsets=offsets)
+    kw = {"model": "iforest@3", "features": FEATURES, "scored_at": 1.7e9 + 2.0, "received_at": received,
+          "keys": msg_keys, "topics": topics, "partitions": parts, "offsets": offsets}
+    return decoded, scored, kw
 
 
 def test_compiled_records_parse_to_the_dicts_orjson_encodes() -> None:
