@@ -3,9 +3,9 @@
 Records are built as plain dicts and encoded with orjson because their
 optional keys (``imputed``, ``contributions``, ``source``) must be absent, not
 ``null``, when they do not apply.  The Kafka path encodes a batch's score
-records in one compiled call instead (:func:`encoded_score_records`,
-``stream/_native/records.c``): the same JSON once parsed, without a dict per
-event.
+records column by column instead (:func:`encoded_score_records`: orjson
+encodes each column once, ``stream/_native/records.c`` assembles the
+records): the same bytes, without a dict per event.
 """
 
 from __future__ import annotations
@@ -115,28 +115,45 @@ def encoded_score_records(
     partitions: NDArray[np.int64],
     offsets: NDArray[np.int64],
 ) -> list[bytes] | None:
-    """``[dumps(r) for r in score_records(...)]`` in one compiled call, with ``source`` from the messages.
+    """``[dumps(r) for r in score_records(...)]``, the same bytes, with ``source`` from the messages.
 
     ``keys``, ``topics``, ``partitions`` and ``offsets`` are per input
-    position (the messages'); the JSON parses to the same records.  None
-    where the extension is not built or an id, key or ts is of a type it
-    leaves to the dicts (one past 64-bit integers, say).
+    position (the messages').  orjson encodes each column once and the
+    extension assembles the records (``stream/_native/records.c``): no dict
+    per event.  None where the extension is not built or orjson refuses a
+    column (an integer id past 64 bits, say); the caller builds the dicts.
     """
     if _records is None:
         return None
-    n = len(decoded.rows)
+    rows = decoded.rows
+    n = len(rows)
+    if n != len(keys) or (n and rows[-1] != n - 1):  # some messages were rejected: their columns per scored row
+        pick = np.asarray(rows, dtype=np.intp)
+        keys, topics = [keys[p] for p in rows], [topics[p] for p in rows]
+        partitions, offsets = partitions[pick], offsets[pick]
     contrib: list[bytes | None] = [None] * n
     for row, top in _contributions(scored, features).items():
         contrib[row] = dumps(top)
     latency_ms = np.round((scored_at - received_at) * 1000.0, 3)
+    # The record's key and ts: the event's, else the message's key and the arrival time.
+    own_keys, stamps = decoded.keys, decoded.ts
+    key_col = keys if own_keys.count(None) == n else [m if k is None else k for k, m in zip(own_keys, keys)]
+    received = received_at.tolist()
+    ts_col = received if stamps.count(None) == n else [r if t is None else t for t, r in zip(stamps, received)]
+    try:
+        columns = (dumps(decoded.ids), dumps(key_col), dumps(ts_col), dumps(scored.score.tolist()),
+                   dumps(scored.raw.tolist()), dumps(latency_ms.tolist()), dumps(decoded.imputed), dumps(topics))
+    except orjson.JSONEncodeError:
+        return None
     encoded: list[bytes] | None = _records.encode_scores(
-        decoded.ids, decoded.keys, decoded.ts, np.asarray(decoded.rows, dtype=np.int64), keys, topics, partitions,
-        offsets, model, np.ascontiguousarray(scored.score, dtype=np.float64),
-        np.ascontiguousarray(scored.raw, dtype=np.float32), np.ascontiguousarray(scored.anomaly, dtype=np.bool_),
-        np.ascontiguousarray(scored.severity, dtype=np.int8), SEVERITIES, scored_at,
-        np.ascontiguousarray(received_at, dtype=np.float64), latency_ms, decoded.imputed, contrib,
+        columns, dumps(model), dumps(scored_at), np.ascontiguousarray(scored.anomaly, dtype=np.bool_),
+        np.ascontiguousarray(scored.severity, dtype=np.int8), _SEVERITY_JSON,
+        np.ascontiguousarray(partitions, dtype=np.int64), np.ascontiguousarray(offsets, dtype=np.int64), contrib,
     )
     return encoded
+
+
+_SEVERITY_JSON = tuple(dumps(name) for name in SEVERITIES)
 
 
 def dlq_record(rejection: Rejection, payload: bytes | str, source: Source | None) -> dict[str, Any]:

@@ -1,9 +1,8 @@
-"""A batch's score records straight to JSON bytes (``records.c``); None where one needs the dict path."""
+"""A batch's score records assembled as JSON bytes from orjson-encoded columns (``records.c``)."""
 
 from typing import Any
 
 def encode_scores(
-    ids: list[Any], keys: list[Any], ts: list[Any], rows: Any, msg_keys: list[Any], topics: list[str], partitions: Any,
-    offsets: Any, model: str, score: Any, raw: Any, anomaly: Any, severity: Any, severity_names: tuple[str, ...],
-    scored_at: float, received: Any, latency: Any, imputed: list[Any], contributions: list[bytes | None], /,
+    columns: tuple[bytes, ...], model: bytes, scored_at: bytes, anomaly: Any, severity: Any,
+    severity_names: tuple[bytes, ...], partitions: Any, offsets: Any, contributions: list[bytes | None], /,
 ) -> list[bytes] | None: ...
