@@ -724,10 +724,13 @@ def density_stage(cut: NeighbourCut) -> DensityStage | None:
         if top.input[0] != of or top.output[0] != red.input[0] or count.size != 1 or _attr(top, "axis", -1) not in (1, -1):
             raise _NoMatch(name)
         largest, c = _attr(top, "largest", 1), int(count[0])
-        k = c if largest == 0 and red.op_type == "ReduceMax" else kk - c + 1 if largest == 1 and red.op_type == "ReduceMin" else 0
-        if not 1 <= k <= kk or not 1 <= c <= kk:
+        if not 1 <= c <= kk:
             raise _NoMatch(name)
-        return k
+        if largest == 0 and red.op_type == "ReduceMax":  # the largest of the c smallest
+            return c
+        if largest == 1 and red.op_type == "ReduceMin":  # the smallest of the c largest
+            return kk - c + 1
+        raise _NoMatch(name)
 
     def lookup(name: str) -> NDArray[np.float64]:
         back = node(name, "Reshape", 2)
