@@ -150,7 +150,14 @@ from models.artifact import Artifact, Card
 from models.calibration import SEVERITIES
 from stream import serving_graph
 from stream.errors import ScoringError
-from stream.native import GridSplit, NeighbourSplit, grading, grid_available
+from stream.native import (
+    GridSplit,
+    NeighbourSplit,
+    PcaSplit,
+    grading,
+    grid_available,
+    pca_available,
+)
 from stream.native import available as native_available
 
 __all__ = ["TOP_K", "ScoredBatch", "Scorer", "choose_providers"]
@@ -466,7 +473,7 @@ class Scorer:
         split = self._split(model, what, whole)
         return whole if split is None else split
 
-    def _split(self, model: Any, what: str, whole: Any) -> NeighbourSplit | GridSplit | None:
+    def _split(self, model: Any, what: str, whole: Any) -> NeighbourSplit | GridSplit | PcaSplit | None:
         """``model`` as head, compiled neighbour searches and tail, or compiled grid lookup and tail, or None.
 
         (:mod:`stream.native`.)  The grid lookup is taken for graphs that read
@@ -481,14 +488,32 @@ class Scorer:
         cut = serving_graph.neighbour_cut(model) if native_available() else None
         if cut is None:
             grid = serving_graph.grid_cut(model) if grid_available() and not serving_graph.imputes(model) else None
-            if grid is None:
+            if grid is not None:
+                log.debug("model %s: %s runs its step-grid lookup compiled", self.ref, what)
+                return GridSplit(grid, session)
+            pca = serving_graph.pca_cut(model) if pca_available() else None
+            if pca is None:
                 return None
-            log.debug("model %s: %s runs its step-grid lookup compiled", self.ref, what)
-            return GridSplit(grid, session)
+            split_pca = PcaSplit(pca, whole)
+            if not all(split_pca.agrees(self._pca_check_rows(scale, pca.medians is not None))
+                       for scale in (1.0, 1e-3, 1e3)):
+                log.info("model %s: %s: the compiled PCA score differs from this onnxruntime's: the graph runs",
+                         self.ref, what)
+                return None
+            log.debug("model %s: %s runs compiled", self.ref, what)
+            return split_pca
         split = NeighbourSplit(cut, session, whole)
         self._splits.add(split)
         log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))
         return split
+
+    def _pca_check_rows(self, scale: float, gaps: bool) -> NDArray[np.float32]:
+        """Rows around the training medians times ``scale``, a few infinite or huge values, NaN if ``gaps``."""
+        rows = self._rows_around_medians(_PCA_CHECK_ROWS) * np.float32(scale)
+        rows[1::50, 0], rows[2::50, -1], rows[3::50, 0] = np.inf, -np.inf, 3e38  # how infinities propagate
+        if gaps:  # the imputation too
+            rows[::5, ::3] = np.nan
+        return rows
 
     @property
     def native_searches(self) -> int:
@@ -972,6 +997,9 @@ _TOP = [serving_graph.TOP_SHARE, serving_graph.TOP_INDEX]
 # batch, ~0.9 µs) costs more than the two skipped nodes save on fewer rows.
 _COMPLETE_ROWS = 8
 _SPLIT_PROBE_ROWS = 256
+# Rows (three scales of them) on which PCA's compiled score must give the graph's bits before it is used:
+# not a multiple of the eight rows it takes at a time, so its one-row path is checked too.
+_PCA_CHECK_ROWS = 1_027
 _RACE_ROUNDS = 7
 # Calibration by batch size (scores spread like the knots, a new batch every call, 2026-11-22): below 48
 # rows np.interp as it comes; from 48, np.interp on the sorted scores (argsort + interp + scatter: 3.1

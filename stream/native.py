@@ -65,15 +65,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.serving_graph import DensityStage, GridCut, NeighbourCut, density_stage
+from stream.serving_graph import DensityStage, GridCut, NeighbourCut, PcaCut, density_stage
 
 try:  # the extension module built with the package (hatch_build.py); stream.core grades with it too
     from stream._native import _grading as grading
 except ImportError:
     grading = None  # type: ignore[assignment]
 
-__all__ = ["MIN_ROWS", "GridSplit", "NeighbourSplit", "Prefilter", "available", "candidates", "density", "grading",
-           "grid_available", "library_path", "prefilter", "sums_agree"]
+__all__ = ["MIN_ROWS", "GridSplit", "NeighbourSplit", "PcaSplit", "Prefilter", "available", "candidates", "density",
+           "grading", "grid_available", "library_path", "pca_available", "prefilter", "sums_agree"]
 
 log = logging.getLogger(__name__)
 
@@ -411,3 +411,50 @@ class GridSplit:
         asked = [n for n in names if n in self._tail_made]
         made = dict(zip(asked, self._tail.run(asked, tail_feed, options))) if asked else {}
         return [terms if n == c.terms else made[n] for n in names]
+
+
+def pca_available() -> bool:
+    """Whether PCA's compiled score graph (:class:`PcaSplit`) was built."""
+    return grading is not None and hasattr(grading, "pca_scores")
+
+
+class PcaSplit:
+    """PCA's score graph computed compiled (``grading.pca_scores``): ``run(names, feed, options)`` like a C session.
+
+    The graph (:func:`stream.serving_graph.pca_cut`) is nine small
+    onnxruntime nodes, two of them ``Gemm``; the compiled code does each step
+    in onnxruntime's order of operations (MLAS's multiply-add chains for the
+    products), on eight rows at a time.  Whether the bits agree depends on
+    the onnxruntime build, so :meth:`agrees` compares them with the graph's
+    session, and the core keeps the split only where every one matches.
+    Calls with run options, or asking for anything but ``score``, go to the
+    whole graph.
+    """
+
+    def __init__(self, cut: PcaCut, whole: Any) -> None:
+        if not pca_available():
+            raise RuntimeError("the compiled PCA score is not available")
+        self.cut = cut
+        self._whole = whole
+
+    def _scores(self, x: NDArray[np.float32]) -> NDArray[np.float32] | None:
+        c = self.cut
+        out = np.empty(x.shape[0], dtype=np.float32)
+        ok = grading.pca_scores(np.ascontiguousarray(x, dtype=np.float32), out, c.scale, c.bias, c.w1, c.c1, c.w2,
+                                c.w, c.medians)
+        return out if ok else None
+
+    def agrees(self, X: NDArray[np.float32]) -> bool:
+        """Whether the compiled scores of ``X`` are the graph's, bit for bit."""
+        got = self._scores(X)
+        want = self._whole.run(["score"], {self.cut.x: X}, None)[0]
+        return got is not None and got.shape == want.shape and bool(np.array_equal(got.view(np.uint32),
+                                                                                   want.view(np.uint32)))
+
+    def run(self, names: list[str], feed: dict[str, Any], options: Any = None) -> list[Any]:
+        """The outputs ``names`` for ``feed``, as the whole graph's session would return them."""
+        if options is None and all(n == "score" for n in names):
+            out = self._scores(feed[self.cut.x])
+            if out is not None:
+                return [out for _ in names]
+        return list(self._whole.run(names, feed, options))

@@ -41,8 +41,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "TOP_INDEX", "TOP_SHARE", "DensityStage", "ExactStage", "NeighbourCut", "NeighbourSearch", "contribution_handover", "cuda_capturable",
-    "density_stage", "fused_affine", "neighbour_cut", "pruned", "top_contributions",
+    "TOP_INDEX", "TOP_SHARE", "DensityStage", "ExactStage", "NeighbourCut", "NeighbourSearch", "PcaCut", "contribution_handover", "cuda_capturable",
+    "density_stage", "fused_affine", "neighbour_cut", "pca_cut", "pruned", "top_contributions",
     "with_inputs", "with_outputs", "without_imputation",
 ]
 
@@ -800,6 +800,116 @@ def density_stage(cut: NeighbourCut) -> DensityStage | None:
     except _NoMatch:
         return None
     return DensityStage(search.output, "score", chosen, k_sq, k_key, k_distance, lrd, inv_k, eps)
+
+@dataclass(frozen=True)
+class PcaCut:
+    """PCA's score graph (:func:`pca_cut`), as ``stream._native._grading.pca_scores`` computes it.
+
+    From the input ``x`` [N, D]: ``xc = x * scale + bias`` (a ``BatchNormalization``; None where the graph
+    has none), ``score = sqrt(relu(xc @ w2 + (xc**2 @ w1 + c1))) @ w``, all float32: ``w1``, ``w2`` [D, K],
+    ``c1``, ``w`` [K].
+    """
+
+    x: str
+    scale: NDArray[np.float32] | None
+    bias: NDArray[np.float32] | None
+    w1: NDArray[np.float32]
+    c1: NDArray[np.float32]
+    w2: NDArray[np.float32]
+    w: NDArray[np.float32]
+    medians: NDArray[np.float32] | None = None  # NaN in x replaced by these first (the imputation), if given
+
+
+def pca_cut(model: Any) -> PcaCut | None:
+    """``model`` as PCA's score graph, matched node by node, or None where it is anything else.
+
+    The graph must hold exactly :meth:`models.zoo.pca.PCA._graph`'s score
+    nodes on a graph input (the contributions pruned away), after the
+    optional imputation ``Where(IsNaN(x), medians, x)``: an optional ``BatchNormalization`` (mean 0, variance 1, epsilon 0, as
+    :func:`fused_affine` makes them), ``Mul`` of its output by itself, a
+    ``Gemm`` of that by a ``[D, K]`` constant plus a ``[1, K]`` constant, a
+    ``Gemm`` of the first output by a ``[D, K]`` constant plus that, ``Relu``,
+    ``Sqrt``, ``MatMul`` by a ``[K, 1]`` constant and a ``Reshape`` to one
+    axis (then an ``Identity`` to ``score``), every ``Gemm`` plain (alpha 1,
+    beta 1, no transposes) and every tensor float32.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    if [o.name for o in graph.output] != ["score"] or len(graph.input) != 1:
+        return None
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    used: list[Any] = []
+
+    def node(name: str, op: str, n_in: int) -> Any:
+        got = producer.get(name)
+        if got is None or got.op_type != op or len(got.input) != n_in or got.domain not in ("", "ai.onnx"):
+            raise _NoMatch(name)
+        used.append(got)
+        return got
+
+    def const(name: str, shape: tuple[int, ...]) -> NDArray[np.float32]:
+        v = consts.get(name)
+        if v is None or v.dtype != np.float32 or v.shape != shape:
+            raise _NoMatch(name)
+        return np.ascontiguousarray(v)
+
+    def plain_gemm(g: Any) -> None:
+        if (_attr(g, "alpha", 1.0) != 1.0 or _attr(g, "beta", 1.0) != 1.0 or _attr(g, "transA", 0)
+                or _attr(g, "transB", 0)):
+            raise _NoMatch(g.name)
+
+    try:
+        last = node("score", "Identity", 1).input[0] if producer.get("score") is not None and \
+            producer["score"].op_type == "Identity" else "score"
+        flat = node(last, "Reshape", 2)
+        if consts.get(flat.input[1]) is None or consts[flat.input[1]].tolist() != [-1]:
+            return None
+        matmul = node(flat.input[0], "MatMul", 2)
+        dist = node(matmul.input[0], "Sqrt", 1)
+        relu = node(dist.input[0], "Relu", 1)
+        outer = node(relu.input[0], "Gemm", 3)
+        inner = node(outer.input[2], "Gemm", 3)
+        square = node(inner.input[0], "Mul", 2)
+        plain_gemm(outer)
+        plain_gemm(inner)
+        xc = square.input[0]
+        if square.input[1] != xc or outer.input[0] != xc:
+            return None
+        w1 = consts.get(inner.input[1])
+        if w1 is None or w1.ndim != 2:
+            return None
+        d, k = w1.shape
+        w1, w2 = const(inner.input[1], (d, k)), const(outer.input[1], (d, k))
+        c1 = const(inner.input[2], (1, k)).reshape(-1)
+        w = const(matmul.input[1], (k, 1)).reshape(-1)
+        scale = bias = None
+        x = xc
+        if xc in producer and producer[xc].op_type == "BatchNormalization":
+            bn = node(xc, "BatchNormalization", 5)
+            scale, bias = const(bn.input[1], (d,)), const(bn.input[2], (d,))
+            mean, var = const(bn.input[3], (d,)), const(bn.input[4], (d,))
+            if _attr(bn, "epsilon", 1e-5) != 0.0 or np.any(mean != 0) or np.any(var != 1):
+                return None
+            x = bn.input[0]
+        medians = None
+        if x in producer:
+            where = node(x, "Where", 3)
+            isnan = node(where.input[0], "IsNaN", 1)
+            medians = consts.get(where.input[1])
+            if medians is None or medians.dtype != np.float32 or medians.size != d or medians.ndim > 2:
+                return None
+            medians = np.ascontiguousarray(medians.reshape(-1))
+            if isnan.input[0] != where.input[2]:
+                return None
+            x = isnan.input[0]
+        if x != graph.input[0].name or len(used) != len(graph.node):
+            return None
+    except _NoMatch:
+        return None
+    return PcaCut(x, scale, bias, w1, np.ascontiguousarray(c1), w2, np.ascontiguousarray(w), medians)
+
 
 @dataclass(frozen=True)
 class GridCut:

@@ -14,3 +14,7 @@ def grid_terms(
     x: Any, out: Any, pos_scale: Any, pos_bias: Any, flat_scale: Any, flat_bias: Any, low: float, high: float,
     thresholds: Any, values: Any, portable: bool = ..., /,
 ) -> None: ...
+
+def pca_scores(
+    x: Any, out: Any, scale: Any, bias: Any, w1: Any, c1: Any, w2: Any, w: Any, medians: Any, /,
+) -> bool: ...

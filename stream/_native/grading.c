@@ -317,11 +317,137 @@ done:
     Py_RETURN_NONE;
 }
 
+/* PCA's score graph (models/zoo/pca.py) on rows x [n, d], as onnxruntime's CPU nodes compute it: the optional
+ * BatchNormalization (x * scale, then + bias), the square, two Gemms ([d, k] weights: each output a chain of
+ * fused multiply-adds over the inputs in order from zero, then + its bias row or the first Gemm's output: MLAS's
+ * order), Relu (max of +0 and the value, which keeps NaN and -0 as MLAS does), Sqrt, and the MatMul by the [k] weights (a chain of fused
+ * multiply-adds from zero).  stream/native.py checks the bits against the graph's own session at load and uses
+ * this only where every one agrees. */
+#if defined(__x86_64__)
+#define PCA_ROWS 8 /* rows at a time: their chains of multiply-adds are independent, so they overlap */
+
+/* Inlined with a constant `rows`, so the accumulators stay in registers. */
+__attribute__((target("avx512f,fma"), always_inline)) static inline void pca_block(const float *x, float *out, int rows, Py_ssize_t d,
+                                                             Py_ssize_t k, const float *med, const float *scale, const float *bias,
+                                                             const float *w1, const float *c1, const float *w2,
+                                                             const float *w, float *scratch) {
+    float *xc = scratch, *xsq = scratch + PCA_ROWS * d, *dist = scratch + 2 * PCA_ROWS * d;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int r = 0; r < rows; r++)
+        for (Py_ssize_t j = 0; j < d; j++) {
+            float v = x[r * d + j];
+            if (med && v != v) v = med[j];
+            if (scale) {
+                v = v * scale[j];
+                v = v + bias[j];
+            }
+            xc[r * d + j] = v;
+            xsq[r * d + j] = v * v;
+        }
+    for (Py_ssize_t c = 0; c < k; c += 16) {
+        __mmask16 live = k - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - c)) - 1);
+        __m512 a1[PCA_ROWS], a2[PCA_ROWS];
+        for (int r = 0; r < PCA_ROWS; r++) a1[r] = a2[r] = zero;
+        for (Py_ssize_t j = 0; j < d; j++) {
+            __m512 b1 = _mm512_maskz_loadu_ps(live, w1 + j * k + c), b2 = _mm512_maskz_loadu_ps(live, w2 + j * k + c);
+            for (int r = 0; r < rows; r++) {
+                a1[r] = _mm512_fmadd_ps(_mm512_set1_ps(xsq[r * d + j]), b1, a1[r]);
+                a2[r] = _mm512_fmadd_ps(_mm512_set1_ps(xc[r * d + j]), b2, a2[r]);
+            }
+        }
+        __m512 bias1 = _mm512_maskz_loadu_ps(live, c1 + c);
+        for (int r = 0; r < rows; r++) {
+            __m512 g = _mm512_max_ps(zero, _mm512_add_ps(a2[r], _mm512_add_ps(a1[r], bias1)));  /* NaN, -0 kept */
+            _mm512_mask_storeu_ps(dist + r * k + c, live, _mm512_sqrt_ps(g));
+        }
+    }
+    __m128 s[PCA_ROWS];
+    for (int r = 0; r < PCA_ROWS; r++) s[r] = _mm_setzero_ps();
+    for (Py_ssize_t c = 0; c < k; c++) {
+        __m128 wc = _mm_set_ss(w[c]);
+        for (int r = 0; r < rows; r++) s[r] = _mm_fmadd_ss(_mm_set_ss(dist[r * k + c]), wc, s[r]);
+    }
+    for (int r = 0; r < rows; r++) out[r] = _mm_cvtss_f32(s[r]);
+}
+
+__attribute__((target("avx512f,fma"))) static void pca_rows(const float *x, float *out, Py_ssize_t n, Py_ssize_t d,
+                                                            Py_ssize_t k, const float *med, const float *scale, const float *bias,
+                                                            const float *w1, const float *c1, const float *w2,
+                                                            const float *w, float *scratch) {
+    Py_ssize_t r = 0;
+    for (; r + PCA_ROWS <= n; r += PCA_ROWS)
+        pca_block(x + r * d, out + r, PCA_ROWS, d, k, med, scale, bias, w1, c1, w2, w, scratch);
+    for (; r < n; r++) pca_block(x + r * d, out + r, 1, d, k, med, scale, bias, w1, c1, w2, w, scratch);
+}
+#endif
+
+/* pca_scores(x, out, scale, bias, w1, c1, w2, w, medians): see pca_rows; scale and bias None where the graph has
+ * no BatchNormalization, medians None where it does not impute (else a NaN in x becomes its column's median, the
+ * graph's Where(IsNaN(x), medians, x)).  False (nothing computed) where this CPU has no AVX-512F. */
+static PyObject *pca_scores(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "pca_scores() takes 9 arguments (%zd given)", nargs);
+        return NULL;
+    }
+#if defined(__x86_64__)
+    if (!__builtin_cpu_supports("avx512f")) Py_RETURN_FALSE;
+    const int affine = args[2] != Py_None, imputes = args[8] != Py_None;
+    Py_buffer v[9];
+    int got = 0, ok = 0;
+    float *scratch = NULL;
+    for (int i = 0; i < 9; i++) {
+        if (((i == 2 || i == 3) && !affine) || (i == 8 && !imputes)) continue;
+        if (PyObject_GetBuffer(args[i], &v[i], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (i == 1 ? PyBUF_WRITABLE : 0)) < 0)
+            goto done;
+        got |= 1 << i;
+        if (!is_float32(&v[i])) {
+            PyErr_SetString(PyExc_TypeError, "pca_scores() takes contiguous float32 arrays");
+            goto done;
+        }
+    }
+    const Py_ssize_t k = v[5].len / 4, n = v[1].len / 4;
+    const Py_ssize_t d = k ? v[4].len / 4 / k : 0;
+    if (k < 1 || d < 1 || v[4].len != d * k * 4 || v[6].len != d * k * 4 || v[7].len != k * 4 || v[0].len != n * d * 4 ||
+        (affine && (v[2].len != d * 4 || v[3].len != d * 4)) || (imputes && v[8].len != d * 4)) {
+        PyErr_SetString(PyExc_ValueError, "pca_scores(): x [n, d], out [n], weights [d, k], rows of k");
+        goto done;
+    }
+    scratch = PyMem_Malloc(sizeof(float) * (size_t)PCA_ROWS * (size_t)(2 * d + k + 16));
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    {
+        const float *x = v[0].buf, *w1 = v[4].buf, *c1 = v[5].buf, *w2 = v[6].buf, *w = v[7].buf;
+        const float *scale = affine ? v[2].buf : NULL, *bias = affine ? v[3].buf : NULL;
+        const float *med = imputes ? v[8].buf : NULL;
+        float *out = v[1].buf;
+        Py_BEGIN_ALLOW_THREADS
+        pca_rows(x, out, n, d, k, med, scale, bias, w1, c1, w2, w, scratch);
+        Py_END_ALLOW_THREADS
+    }
+    ok = 1;
+done:
+    PyMem_Free(scratch);
+    for (int j = 0; j < 9; j++)
+        if (got & (1 << j)) PyBuffer_Release(&v[j]);
+    if (!ok) return NULL;
+    Py_RETURN_TRUE;
+#else
+    (void)args;
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyMethodDef module_methods[] = {
     {"grid_terms", (PyCFunction)(void (*)(void))grid_terms, METH_FASTCALL,
      "grid_terms(x, out, pos_scale, pos_bias, flat_scale, flat_bias, low, high, thresholds, values, portable=False)"
      " -> None\n\nThe step-grid lookup of a histogram graph on rows x [n, d] into out [n, d] (float32, contiguous); "
      "``portable`` takes the plain C loop where AVX-512 would run (for tests)."},
+    {"pca_scores", (PyCFunction)(void (*)(void))pca_scores, METH_FASTCALL,
+     "pca_scores(x, out, scale, bias, w1, c1, w2, w, medians) -> bool\n\nPCA's score graph on rows x [n, d] into out [n] "
+     "in onnxruntime's order of operations; False where this CPU has no AVX-512F."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,115 @@
+"""PCA's score graph computed compiled (stream/native.py PcaSplit, grading.pca_scores) against the graph."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.artifact import Artifact, Card
+from models.calibration import Calibration, SeverityScale
+from models.pipeline import Pipeline
+from models.preprocessing import Preprocessor
+from models.zoo import make_detector
+from stream import native, serving_graph
+from stream.core import Scorer
+from stream.synthetic import SyntheticStream
+
+pytestmark = pytest.mark.skipif(not native.pca_available(), reason="the grading extension is not built")
+
+_FIELDS = ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares")
+
+
+def _artifact(root: Path, model: Pipeline, X: np.ndarray) -> Artifact:
+    features = tuple(f"f{i}" for i in range(X.shape[1]))
+    med = np.median(X, axis=0)
+    card = Card(
+        name="pca", version=1, features=features, calibration=Calibration.fit(model.score_samples(X)),
+        threshold=0.99, severity=SeverityScale.from_threshold(0.99),
+        medians={f: float(m) for f, m in zip(features, med)}, detector=model.describe(), training={}, metrics={},
+        parity=0.0,
+    )
+    return Artifact.write(root, model.to_onnx(list(features)), card)
+
+
+def _session(m: object) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("d", "scaler", "params"), [
+    (32, "standard", {}),
+    (7, "none", {"weighted": False}),
+    (5, "robust", {"standardization": False}),
+    (33, "standard", {"n_components": 0.9}),
+    (17, "none", {"n_components": 0.8, "standardization": True}),
+])
+def test_compiled_pca_scores_are_the_graphs_bits(d: int, scaler: str, params: dict[str, object], tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Both score graphs (with and without imputation), rows at three scales, NaN, a batch not of eight rows."""
+    import onnx
+
+    gen = SyntheticStream(n_features=d, seed=d)
+    X, _ = gen.sample(3000, anomaly_rate=0.01)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    art = _artifact(tmp_path, Pipeline(preprocessor=Preprocessor(scaler=scaler), detector=make_detector("pca", **params)).fit(X), X)
+    model = onnx.load(str(art.model_path))
+    model = serving_graph.fused_affine(model) or model
+    score = serving_graph.pruned(model, ["score"])[0]
+    complete = serving_graph.without_imputation(score)
+    rows, _ = gen.sample(1001, anomaly_rate=0.05)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    gaps = rows.copy()
+    gaps[::4, ::3] = np.nan
+    extreme = rows.copy()  # infinities and huge values: NaN and infinite scores, as the graph gives them
+    extreme[::5, 0], extreme[1::7, -1], extreme[2::11, 1], extreme[3::13, 2] = np.inf, -np.inf, 3e38, -0.0
+    for graph, batches in ((score, (rows, gaps, extreme)), (complete, (rows, extreme))):
+        cut = serving_graph.pca_cut(graph)
+        assert cut is not None and (cut.medians is not None) == (graph is score)
+        split = native.PcaSplit(cut, _session(graph))
+        for batch in batches:
+            for scale in (1.0, 1e-3, 1e3):
+                with np.errstate(over="ignore"):
+                    assert split.agrees(batch * np.float32(scale))
+            for n in (1, 7, 8, 9, 256, 1001):
+                got = split.run(["score"], {"features": batch[:n]})[0]
+                want = _session(graph).run(["score"], {"features": batch[:n]})[0]  # type: ignore[attr-defined]
+                np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # the core: compiled against the graph, every field of every batch
+    with caplog.at_level(logging.DEBUG, logger="stream.core"):
+        compiled = Scorer(art, providers="cpu")
+    assert any("score-only graph runs compiled" in r.getMessage() for r in caplog.records)
+    graph_only = Scorer(art, providers="cpu", native="never")
+    for batch in (rows, gaps, extreme, rows * np.float32(50)):
+        for n in (1, 16, 255, 256, 1001):
+            a, b = compiled.score(batch[:n]), graph_only.score(batch[:n])
+            for field in _FIELDS:
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{field}, {n} rows")
+
+
+def test_pca_cut_matches_pca_score_graphs_only(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    gen = SyntheticStream(n_features=6, seed=2)
+    X, _ = gen.sample(2000, anomaly_rate=0.01)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    for algorithm in ("hbos", "mcd", "iforest"):
+        art = _artifact(tmp_path / algorithm, Pipeline(preprocessor=Preprocessor(scaler="standard"),
+                                                      detector=make_detector(algorithm)).fit(X), X)
+        graph = serving_graph.pruned(onnx.load(str(art.model_path)), ["score"])[0]
+        assert serving_graph.pca_cut(graph) is None, algorithm
+    art = _artifact(tmp_path / "pca", Pipeline(preprocessor=Preprocessor(scaler="standard"),
+                                               detector=make_detector("pca")).fit(X), X)
+    graph = serving_graph.pruned(onnx.load(str(art.model_path)), ["score"])[0]
+    graph = serving_graph.fused_affine(graph) or graph
+    assert serving_graph.pca_cut(graph) is not None
+    assert serving_graph.pca_cut(onnx.load(str(art.model_path))) is None  # contributions too: not the score graph
+    gemm = next(n for n in graph.graph.node if n.op_type == "Gemm")
+    gemm.attribute.append(helper.make_attribute("alpha", 2.0))
+    assert serving_graph.pca_cut(graph) is None
