@@ -489,13 +489,18 @@ class Scorer:
         if cut is None:
             grid = serving_graph.grid_cut(model) if grid_available() and not serving_graph.imputes(model) else None
             if grid is not None:
-                log.debug("model %s: %s runs its step-grid lookup compiled", self.ref, what)
-                return GridSplit(grid, session)
+                split_grid = GridSplit(grid, session)
+                total = serving_graph.grid_tail_total(grid)
+                tail = total is not None and all(split_grid.tail_agrees(self._check_rows(scale, False), total)
+                                                 for scale in (1.0, 1e-3, 1e3))
+                log.debug("model %s: %s runs its step-grid lookup compiled%s", self.ref, what,
+                          " and the rest too" if tail else "")
+                return split_grid
             pca = serving_graph.pca_cut(model) if pca_available() else None
             if pca is None:
                 return None
             split_pca = PcaSplit(pca, whole)
-            if not all(split_pca.agrees(self._pca_check_rows(scale, pca.medians is not None))
+            if not all(split_pca.agrees(self._check_rows(scale, pca.medians is not None))
                        for scale in (1.0, 1e-3, 1e3)):
                 log.info("model %s: %s: the compiled PCA score differs from this onnxruntime's: the graph runs",
                          self.ref, what)
@@ -507,9 +512,9 @@ class Scorer:
         log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))
         return split
 
-    def _pca_check_rows(self, scale: float, gaps: bool) -> NDArray[np.float32]:
+    def _check_rows(self, scale: float, gaps: bool) -> NDArray[np.float32]:
         """Rows around the training medians times ``scale``, a few infinite or huge values, NaN if ``gaps``."""
-        rows = self._rows_around_medians(_PCA_CHECK_ROWS) * np.float32(scale)
+        rows = self._rows_around_medians(_CHECK_ROWS) * np.float32(scale)
         rows[1::50, 0], rows[2::50, -1], rows[3::50, 0] = np.inf, -np.inf, 3e38  # how infinities propagate
         if gaps:  # the imputation too
             rows[::5, ::3] = np.nan
@@ -997,9 +1002,9 @@ _TOP = [serving_graph.TOP_SHARE, serving_graph.TOP_INDEX]
 # batch, ~0.9 µs) costs more than the two skipped nodes save on fewer rows.
 _COMPLETE_ROWS = 8
 _SPLIT_PROBE_ROWS = 256
-# Rows (three scales of them) on which PCA's compiled score must give the graph's bits before it is used:
+# Rows (three scales of them) on which PCA's compiled score and HBOS's compiled tail must give the graph's bits:
 # not a multiple of the eight rows it takes at a time, so its one-row path is checked too.
-_PCA_CHECK_ROWS = 1_027
+_CHECK_ROWS = 1_027
 _RACE_ROUNDS = 7
 # Calibration by batch size (scores spread like the knots, a new batch every call, 2026-11-22): below 48
 # rows np.interp as it comes; from 48, np.interp on the sorted scores (argsort + interp + scatter: 3.1

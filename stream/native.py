@@ -397,14 +397,39 @@ class GridSplit:
         self.cut = cut
         self._tail = session(cut.tail)
         self._tail_made = {o.name for o in cut.tail.graph.output}
+        self.total: float | None = None  # set (tail_agrees) where the tail runs compiled too
+
+    def _terms(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        c = self.cut
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        terms = np.empty(x.shape, dtype=np.float32)
+        grading.grid_terms(x, terms, c.pos_scale, c.pos_bias, c.flat_scale, c.flat_bias, c.low, c.high,
+                           c.thresholds, c.values)
+        return terms
+
+    def _compiled_tail(self, terms: NDArray[np.float32], total: float, names: list[str]) -> list[Any]:
+        score = np.empty(terms.shape[0], dtype=np.float32)
+        shares = np.empty(terms.shape, dtype=np.float32) if "contributions" in names else None
+        grading.grid_tail(terms, score, shares, total)
+        return [score if n == "score" else shares if n == "contributions" else terms for n in names]
+
+    def tail_agrees(self, X: NDArray[np.float32], total: float) -> bool:
+        """Use the compiled tail (``grading.grid_tail``, adding ``total``) if it gives the graph tail's bits on ``X``."""
+        terms = self._terms(X)
+        names = [n for n in ("score", "contributions") if n in self._tail_made]
+        got = self._compiled_tail(terms, total, names)
+        want = self._tail.run(names, {self.cut.terms: terms}, None)
+        same = all(np.array_equal(a.view(np.uint32), np.asarray(b).view(np.uint32)) for a, b in zip(got, want))
+        self.total = total if same else None
+        return same
 
     def run(self, names: list[str], feed: dict[str, Any], options: Any = None) -> list[Any]:
         """The outputs ``names`` for ``feed``, as the whole graph's session would return them."""
         c = self.cut
-        x = np.ascontiguousarray(feed[c.x], dtype=np.float32)
-        terms = np.empty(x.shape, dtype=np.float32)
-        grading.grid_terms(x, terms, c.pos_scale, c.pos_bias, c.flat_scale, c.flat_bias, c.low, c.high,
-                           c.thresholds, c.values)
+        terms = self._terms(feed[c.x])
+        if self.total is not None and options is None and len(terms) and all(
+                n in ("score", "contributions", c.terms) for n in names):
+            return self._compiled_tail(terms, self.total, names)
         tail_feed = {c.terms: terms}
         for name in c.tail_inputs[1:]:
             tail_feed[name] = feed[name]

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "TOP_INDEX", "TOP_SHARE", "DensityStage", "ExactStage", "NeighbourCut", "NeighbourSearch", "PcaCut", "contribution_handover", "cuda_capturable",
-    "density_stage", "fused_affine", "neighbour_cut", "pca_cut", "pruned", "top_contributions",
+    "density_stage", "fused_affine", "grid_tail_total", "neighbour_cut", "pca_cut", "pruned", "top_contributions",
     "with_inputs", "with_outputs", "without_imputation",
 ]
 
@@ -800,6 +800,50 @@ def density_stage(cut: NeighbourCut) -> DensityStage | None:
     except _NoMatch:
         return None
     return DensityStage(search.output, "score", chosen, k_sq, k_key, k_distance, lrd, inv_k, eps)
+
+def grid_tail_total(cut: GridCut) -> float | None:
+    """The constant HBOS's tail adds to the terms' row sums, or None where the tail is anything else.
+
+    The tail (after :func:`grid_cut`) must be ``score = ReduceSum(terms, axis
+    1) + total`` (a float32 scalar) and, where the contributions are kept,
+    ``contributions = LpNormalization(terms, axis 1, p 1)``, each output
+    through an ``Identity``: what ``grading.grid_tail`` computes.
+    """
+    from onnx import numpy_helper
+
+    graph = cut.tail.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    outputs = [o.name for o in graph.output]
+    if outputs not in (["score"], ["score", "contributions"]):
+        return None
+    try:
+        def node(name: str, op: str) -> Any:
+            got = producer.get(name)
+            if got is None or got.op_type != op or got.domain not in ("", "ai.onnx"):
+                raise _NoMatch(name)
+            return got
+
+        add = node(node("score", "Identity").input[0], "Add")
+        total = consts.get(add.input[1])
+        total_sum = node(add.input[0], "ReduceSum")
+        axes = (list(_attr(total_sum, "axes", [])) if len(total_sum.input) == 1 else
+                consts[total_sum.input[1]].reshape(-1).tolist() if total_sum.input[1] in consts else None)
+        if (total is None or total.dtype != np.float32 or total.size != 1 or total_sum.input[0] != cut.terms
+                or axes not in ([1], [-1]) or _attr(total_sum, "keepdims", 1) != 0):
+            return None
+        used = 3
+        if "contributions" in outputs:
+            lp = node(node("contributions", "Identity").input[0], "LpNormalization")
+            if lp.input[0] != cut.terms or _attr(lp, "axis", -1) not in (1, -1) or _attr(lp, "p", 2) != 1:
+                return None
+            used += 2
+        if used != len(graph.node):
+            return None
+    except _NoMatch:
+        return None
+    return float(total.reshape(-1)[0])
+
 
 @dataclass(frozen=True)
 class PcaCut:

@@ -440,11 +440,99 @@ done:
 #endif
 }
 
+/* Sum of v[0..n) as onnxruntime's float ReduceSum adds a row of the last axis: Eigen's reduction with SSE
+ * packets of four, two accumulators from the `start`-th value (the first 16-byte aligned one), the accumulators
+ * added, one more packet where it fits, the lanes added as (0 + 2) + (1 + 3), then the values before `start` and
+ * after the last whole packet one by one. */
+static float reduce_sum_f32(const float *v, Py_ssize_t n, Py_ssize_t start) {
+    if (start > n) start = n;
+    Py_ssize_t quads = (n - start) / 4 * 4, octs = (n - start) / 8 * 8;
+    if (!quads) {
+        float res = v[0];
+        for (Py_ssize_t i = 1; i < n; i++) res += v[i];
+        return res;
+    }
+    float a[4], b[4];
+    for (int l = 0; l < 4; l++) a[l] = v[start + l];
+    if (quads > 4) {
+        for (int l = 0; l < 4; l++) b[l] = v[start + 4 + l];
+        for (Py_ssize_t i = start + 8; i < start + octs; i += 8)
+            for (int l = 0; l < 4; l++) {
+                a[l] += v[i + l];
+                b[l] += v[i + 4 + l];
+            }
+        for (int l = 0; l < 4; l++) a[l] += b[l];
+        if (quads > octs)
+            for (int l = 0; l < 4; l++) a[l] += v[start + octs + l];
+    }
+    float res = (a[0] + a[2]) + (a[1] + a[3]);
+    for (Py_ssize_t i = 0; i < start; i++) res += v[i];
+    for (Py_ssize_t i = start + quads; i < n; i++) res += v[i];
+    return res;
+}
+
+/* grid_tail(terms, score, shares, total): HBOS's graph after its lookup (serving_graph.grid_cut's tail) on terms
+ * [n, d]: score = ReduceSum(terms) + total (row r of the graph's terms tensor starts at its offset r * d in an
+ * aligned arena) and, unless shares is None, shares = LpNormalization(terms, p=1): each term over the plain
+ * running sum of the row's absolute terms (zeros where that is 0), onnxruntime's order. */
+static PyObject *grid_tail(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "grid_tail() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const double total_d = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    const float total = (float)total_d;
+    const int with_shares = args[2] != Py_None;
+    Py_buffer v[3];
+    int got = 0, ok = 0;
+    for (; got < 3; got++) {
+        if (got == 2 && !with_shares) break;
+        if (PyObject_GetBuffer(args[got], &v[got], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got ? PyBUF_WRITABLE : 0)) < 0)
+            goto done;
+        if (!is_float32(&v[got])) {
+            got++;
+            PyErr_SetString(PyExc_TypeError, "grid_tail() takes contiguous float32 arrays");
+            goto done;
+        }
+    }
+    const Py_ssize_t n = v[1].len / 4, d = n ? v[0].len / 4 / n : 0;
+    if (n < 1 || d < 1 || v[0].len != n * d * 4 || (with_shares && v[2].len != v[0].len)) {
+        PyErr_SetString(PyExc_ValueError, "grid_tail(): terms [n, d], score [n], shares [n, d]");
+        goto done;
+    }
+    {
+        const float *t = v[0].buf;
+        float *score = v[1].buf, *shares = with_shares ? v[2].buf : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < n; r++) {
+            const float *row = t + r * d;
+            score[r] = reduce_sum_f32(row, d, (4 - (Py_ssize_t)((size_t)(r * d) % 4)) % 4) + total;
+            if (shares) {
+                float norm = fabsf(row[0]);
+                for (Py_ssize_t j = 1; j < d; j++) norm += fabsf(row[j]);
+                float *o = shares + r * d;
+                for (Py_ssize_t j = 0; j < d; j++) o[j] = norm != 0.0f ? row[j] / norm : 0.0f;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    ok = 1;
+done:
+    for (int j = 0; j < got; j++) PyBuffer_Release(&v[j]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"grid_terms", (PyCFunction)(void (*)(void))grid_terms, METH_FASTCALL,
      "grid_terms(x, out, pos_scale, pos_bias, flat_scale, flat_bias, low, high, thresholds, values, portable=False)"
      " -> None\n\nThe step-grid lookup of a histogram graph on rows x [n, d] into out [n, d] (float32, contiguous); "
      "``portable`` takes the plain C loop where AVX-512 would run (for tests)."},
+    {"grid_tail", (PyCFunction)(void (*)(void))grid_tail, METH_FASTCALL,
+     "grid_tail(terms, score, shares, total) -> None\n\nHBOS's graph after its lookup: the row sums plus total "
+     "into score [n] and, unless shares is None, the rows over their absolute sums into shares [n, d]."},
     {"pca_scores", (PyCFunction)(void (*)(void))pca_scores, METH_FASTCALL,
      "pca_scores(x, out, scale, bias, w1, c1, w2, w, medians) -> bool\n\nPCA's score graph on rows x [n, d] into out [n] "
      "in onnxruntime's order of operations; False where this CPU has no AVX-512F."},

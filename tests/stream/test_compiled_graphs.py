@@ -1,4 +1,4 @@
-"""PCA's score graph computed compiled (stream/native.py PcaSplit, grading.pca_scores) against the graph."""
+"""Graphs computed compiled against onnxruntime's: PCA's score (native.PcaSplit) and HBOS's tail (GridSplit)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ pytestmark = pytest.mark.skipif(not native.pca_available(), reason="the grading 
 _FIELDS = ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares")
 
 
-def _artifact(root: Path, model: Pipeline, X: np.ndarray) -> Artifact:
+def _artifact(root: Path, model: Pipeline, X: np.ndarray, name: str = "pca") -> Artifact:
     features = tuple(f"f{i}" for i in range(X.shape[1]))
     med = np.median(X, axis=0)
     card = Card(
-        name="pca", version=1, features=features, calibration=Calibration.fit(model.score_samples(X)),
+        name=name, version=1, features=features, calibration=Calibration.fit(model.score_samples(X)),
         threshold=0.99, severity=SeverityScale.from_threshold(0.99),
         medians={f: float(m) for f, m in zip(features, med)}, detector=model.describe(), training={}, metrics={},
         parity=0.0,
@@ -113,3 +113,63 @@ def test_pca_cut_matches_pca_score_graphs_only(tmp_path: Path) -> None:
     gemm = next(n for n in graph.graph.node if n.op_type == "Gemm")
     gemm.attribute.append(helper.make_attribute("alpha", 2.0))
     assert serving_graph.pca_cut(graph) is None
+
+
+@pytest.mark.parametrize(("d", "scaler"), [(32, "standard"), (7, "none"), (5, "robust"), (13, "standard")])
+def test_compiled_hbos_tail_gives_the_graphs_bits(d: int, scaler: str, tmp_path: Path) -> None:
+    """Row sums in onnxruntime's order at every row alignment, the p=1 shares, rows at three scales and infinities."""
+    import onnx
+
+    gen = SyntheticStream(n_features=d, seed=d + 1)
+    X, _ = gen.sample(3000, anomaly_rate=0.01)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    art = _artifact(tmp_path, Pipeline(preprocessor=Preprocessor(scaler=scaler), detector=make_detector("hbos")).fit(X),
+                    X, "hbos")
+    model = onnx.load(str(art.model_path))
+    model = serving_graph.fused_affine(model) or model
+    rows, _ = gen.sample(1001, anomaly_rate=0.05)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    rows[::5, 0], rows[1::7, -1], rows[2::11, 1] = np.inf, -np.inf, 3e38
+    for graph in (serving_graph.without_imputation(model), serving_graph.without_imputation(
+            serving_graph.pruned(model, ["score"])[0])):
+        cut = serving_graph.grid_cut(graph)
+        assert cut is not None
+        total = serving_graph.grid_tail_total(cut)
+        assert total is not None
+        split = native.GridSplit(cut, _session)
+        for scale in (1.0, 1e-3, 1e3):
+            with np.errstate(over="ignore"):
+                assert split.tail_agrees(rows * np.float32(scale), total)
+        names = [o.name for o in graph.graph.output]
+        whole = _session(graph)
+        for n in (1, 3, 4, 5, 256, 1001):
+            got = split.run(names, {"features": rows[:n]})
+            want = whole.run(names, {"features": rows[:n]})  # type: ignore[attr-defined]
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+    compiled, graph_only = Scorer(art, providers="cpu"), Scorer(art, providers="cpu", native="never")
+    for batch in (rows, rows * np.float32(0.01)):
+        for n in (1, 16, 255, 256, 1001):
+            a, b = compiled.score(batch[:n]), graph_only.score(batch[:n])
+            for field in _FIELDS:
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{field}, {n} rows")
+
+
+def test_grid_tail_is_matched_only_as_hbos_builds_it(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    gen = SyntheticStream(n_features=6, seed=3)
+    X, _ = gen.sample(2000, anomaly_rate=0.01)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    art = _artifact(tmp_path, Pipeline(preprocessor=Preprocessor(scaler="standard"), detector=make_detector("hbos")).fit(X),
+                    X, "hbos")
+    loaded = onnx.load(str(art.model_path))
+    model = serving_graph.without_imputation(serving_graph.fused_affine(loaded) or loaded)
+    assert model is not None
+    cut = serving_graph.grid_cut(model)
+    assert cut is not None and serving_graph.grid_tail_total(cut) is not None
+    lp = next(n for n in cut.tail.graph.node if n.op_type == "LpNormalization")
+    del lp.attribute[:]
+    lp.attribute.extend([helper.make_attribute("axis", 1), helper.make_attribute("p", 2)])
+    assert serving_graph.grid_tail_total(cut) is None
