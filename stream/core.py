@@ -491,17 +491,16 @@ class Scorer:
             if grid is not None:
                 split_grid = GridSplit(grid, session)
                 total = serving_graph.grid_tail_total(grid)
-                tail = total is not None and all(split_grid.tail_agrees(self._check_rows(scale, False), total)
-                                                 for scale in (1.0, 1e-3, 1e3))
+                if total is not None and self._agrees(lambda X: split_grid.tail_agrees(X, total), gaps=False):
+                    split_grid.total = total
                 log.debug("model %s: %s runs its step-grid lookup compiled%s", self.ref, what,
-                          " and the rest too" if tail else "")
+                          " and the rest too" if split_grid.total is not None else "")
                 return split_grid
             pca = serving_graph.pca_cut(model) if pca_available() else None
             if pca is None:
                 return None
             split_pca = PcaSplit(pca, whole)
-            if not all(split_pca.agrees(self._check_rows(scale, pca.medians is not None))
-                       for scale in (1.0, 1e-3, 1e3)):
+            if not self._agrees(split_pca.agrees, gaps=pca.medians is not None):
                 log.info("model %s: %s: the compiled PCA score differs from this onnxruntime's: the graph runs",
                          self.ref, what)
                 return None
@@ -512,13 +511,21 @@ class Scorer:
         log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))
         return split
 
-    def _check_rows(self, scale: float, gaps: bool) -> NDArray[np.float32]:
-        """Rows around the training medians times ``scale``, a few infinite or huge values, NaN if ``gaps``."""
-        rows = self._rows_around_medians(_CHECK_ROWS) * np.float32(scale)
-        rows[1::50, 0], rows[2::50, -1], rows[3::50, 0] = np.inf, -np.inf, 3e38  # how infinities propagate
-        if gaps:  # the imputation too
-            rows[::5, ::3] = np.nan
-        return rows
+    def _agrees(self, check: Callable[[NDArray[np.float32]], bool], *, gaps: bool) -> bool:
+        """Whether ``check`` holds on rows around the training medians at three scales.
+
+        The rows hold a few infinite or huge values (how infinities propagate)
+        and, with ``gaps``, NaN (the imputation too).
+        """
+        rows = self._rows_around_medians(_CHECK_ROWS)
+        for scale in (1.0, 1e-3, 1e3):
+            X = rows * np.float32(scale)
+            X[1::50, 0], X[2::50, -1], X[3::50, 0] = np.inf, -np.inf, 3e38
+            if gaps:
+                X[::5, ::3] = np.nan
+            if not check(X):
+                return False
+        return True
 
     @property
     def native_searches(self) -> int:

@@ -309,18 +309,16 @@ class KafkaRunner:
         )
         sources = _Sources(messages)
         anomalous_rows = scored.anomalous_rows.tolist()
-        if encoded is None:
+        if encoded is None or anomalous_rows:
             records = score_records(
                 decoded, scored, model=scorer.ref, features=scorer.features, scored_at=scored_at,
-                received_at=received, keys=keys, sources=sources,
+                received_at=received, keys=keys, sources=sources, only=None if encoded is None else anomalous_rows,
             )
+        if encoded is None:
             encoded = [dumps(rec) for rec in records]
             anomalies = [records[i] for i in anomalous_rows]
         else:
-            anomalies = score_records(
-                decoded, scored, model=scorer.ref, features=scorer.features, scored_at=scored_at,
-                received_at=received, keys=keys, sources=sources, only=anomalous_rows,
-            ) if anomalous_rows else []
+            anomalies = records if anomalous_rows else []
         outputs: list[tuple[str, int, bytes | None, bytes]] = []
         parts = self._partitions
         out_parts = parts[self.output_topic]

@@ -258,7 +258,7 @@ def density(sums: NDArray[np.float64], cand: NDArray[np.int64], stage: DensitySt
     return None if failed else (score, chosen)
 
 
-_sums_checked: dict[str, bool] = {}  # "agree": whether this process's onnxruntime adds as the compiled sums
+_sums_agree: bool | None = None  # whether this process's onnxruntime adds as the compiled sums (once checked)
 
 
 def sums_agree(session: Any) -> bool:
@@ -271,11 +271,12 @@ def sums_agree(session: Any) -> bool:
     used only where this check, on every row length 1-64 at both alignments,
     finds the same bits.  Checked once per process.
     """
+    global _sums_agree
     lib = _library()
     if lib is None:
         return False
-    if "agree" in _sums_checked:
-        return _sums_checked["agree"]
+    if _sums_agree is not None:
+        return _sums_agree
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -297,7 +298,7 @@ def sums_agree(session: Any) -> bool:
                 agree &= mine == got[i]
     if not agree:
         log.info("this onnxruntime adds float64 rows in another order: LOF's density stage runs in the graph")
-    _sums_checked["agree"] = agree
+    _sums_agree = agree
     return agree
 
 
@@ -397,7 +398,7 @@ class GridSplit:
         self.cut = cut
         self._tail = session(cut.tail)
         self._tail_made = {o.name for o in cut.tail.graph.output}
-        self.total: float | None = None  # set (tail_agrees) where the tail runs compiled too
+        self.total: float | None = None  # the tail's constant, where the tail runs compiled too (tail_agrees)
 
     def _terms(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         c = self.cut
@@ -414,14 +415,15 @@ class GridSplit:
         return [score if n == "score" else shares if n == "contributions" else terms for n in names]
 
     def tail_agrees(self, X: NDArray[np.float32], total: float) -> bool:
-        """Use the compiled tail (``grading.grid_tail``, adding ``total``) if it gives the graph tail's bits on ``X``."""
+        """Whether the compiled tail (``grading.grid_tail``, adding ``total``) gives the graph tail's bits on ``X``.
+
+        Set :attr:`total` to run the tail compiled where it does.
+        """
         terms = self._terms(X)
         names = [n for n in ("score", "contributions") if n in self._tail_made]
         got = self._compiled_tail(terms, total, names)
         want = self._tail.run(names, {self.cut.terms: terms}, None)
-        same = all(np.array_equal(a.view(np.uint32), np.asarray(b).view(np.uint32)) for a, b in zip(got, want))
-        self.total = total if same else None
-        return same
+        return all(np.array_equal(a.view(np.uint32), np.asarray(b).view(np.uint32)) for a, b in zip(got, want))
 
     def run(self, names: list[str], feed: dict[str, Any], options: Any = None) -> list[Any]:
         """The outputs ``names`` for ``feed``, as the whole graph's session would return them."""

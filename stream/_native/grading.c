@@ -268,6 +268,32 @@ __attribute__((target("avx512f"))) static void grid_rows_avx512(const float *x, 
 
 static int is_float32(const Py_buffer *view) { return format_char(view) == 'f' && view->itemsize == 4; }
 
+/* args[idx[i]] as contiguous float32 buffers into v[i] (i < n), writable where bit i of `writable` is set; an
+ * argument that is None is left out (v[i].buf NULL) where bit i of `optional` is set.  0, with an error set and
+ * nothing held, where one is refused; else release them with f32_release. */
+static int f32_buffers(const char *fn, PyObject *const *args, const int *idx, int n, unsigned writable,
+                       unsigned optional, Py_buffer *v) {
+    memset(v, 0, sizeof(Py_buffer) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        PyObject *arg = args[idx[i]];
+        if (arg == Py_None && (optional >> i & 1u)) continue;
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | ((writable >> i & 1u) ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(arg, &v[i], flags) < 0 || !is_float32(&v[i])) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s() takes contiguous float32 arrays", fn);
+            if (v[i].obj) PyBuffer_Release(&v[i]);
+            for (int j = 0; j < i; j++)
+                if (v[j].obj) PyBuffer_Release(&v[j]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void f32_release(Py_buffer *v, int n) {
+    for (int i = 0; i < n; i++)
+        if (v[i].obj) PyBuffer_Release(&v[i]);
+}
+
 /* grid_terms(x, out, pos_scale, pos_bias, flat_scale, flat_bias, low, high, thresholds, values[, portable]) */
 static PyObject *grid_terms(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
@@ -281,15 +307,8 @@ static PyObject *grid_terms(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (PyErr_Occurred()) return NULL;
     static const int order[8] = {0, 1, 2, 3, 4, 5, 8, 9};
     Py_buffer v[8];
-    int got = 0, ok = 0;
-    for (; got < 8; got++)
-        if (PyObject_GetBuffer(args[order[got]], &v[got], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got == 1 ? PyBUF_WRITABLE : 0)) < 0)
-            goto done;
-    for (int i = 0; i < 8; i++)
-        if (!is_float32(&v[i])) {
-            PyErr_SetString(PyExc_TypeError, "grid_terms() takes contiguous float32 arrays");
-            goto done;
-        }
+    int ok = 0;
+    if (!f32_buffers("grid_terms", args, order, 8, 1u << 1, 0, v)) return NULL;
     const Py_ssize_t d = v[2].len / 4, k = v[6].len / 4;
     if (d < 1 || v[3].len != d * 4 || v[4].len != d * 4 || v[5].len != d * 4 || v[0].len % (d * 4) ||
         v[1].len != v[0].len || k < 2 || v[7].len != k * 4 || k > INT32_MAX) {
@@ -312,7 +331,7 @@ static PyObject *grid_terms(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_END_ALLOW_THREADS
     ok = 1;
 done:
-    for (int j = 0; j < got; j++) PyBuffer_Release(&v[j]);
+    f32_release(v, 8);
     if (!ok) return NULL;
     Py_RETURN_NONE;
 }
@@ -393,18 +412,14 @@ static PyObject *pca_scores(PyObject *module, PyObject *const *args, Py_ssize_t 
 #if defined(__x86_64__)
     if (!__builtin_cpu_supports("avx512f")) Py_RETURN_FALSE;
     const int affine = args[2] != Py_None, imputes = args[8] != Py_None;
+    static const int order[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
     Py_buffer v[9];
-    int got = 0, ok = 0;
+    int ok = 0;
     float *scratch = NULL;
-    for (int i = 0; i < 9; i++) {
-        if (((i == 2 || i == 3) && !affine) || (i == 8 && !imputes)) continue;
-        if (PyObject_GetBuffer(args[i], &v[i], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (i == 1 ? PyBUF_WRITABLE : 0)) < 0)
-            goto done;
-        got |= 1 << i;
-        if (!is_float32(&v[i])) {
-            PyErr_SetString(PyExc_TypeError, "pca_scores() takes contiguous float32 arrays");
-            goto done;
-        }
+    if (!f32_buffers("pca_scores", args, order, 9, 1u << 1, 1u << 2 | 1u << 3 | 1u << 8, v)) return NULL;
+    if (affine != (args[3] != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "pca_scores(): scale and bias both or neither");
+        goto done;
     }
     const Py_ssize_t k = v[5].len / 4, n = v[1].len / 4;
     const Py_ssize_t d = k ? v[4].len / 4 / k : 0;
@@ -430,8 +445,7 @@ static PyObject *pca_scores(PyObject *module, PyObject *const *args, Py_ssize_t 
     ok = 1;
 done:
     PyMem_Free(scratch);
-    for (int j = 0; j < 9; j++)
-        if (got & (1 << j)) PyBuffer_Release(&v[j]);
+    f32_release(v, 9);
     if (!ok) return NULL;
     Py_RETURN_TRUE;
 #else
@@ -485,18 +499,10 @@ static PyObject *grid_tail(PyObject *module, PyObject *const *args, Py_ssize_t n
     if (PyErr_Occurred()) return NULL;
     const float total = (float)total_d;
     const int with_shares = args[2] != Py_None;
+    static const int order[3] = {0, 1, 2};
     Py_buffer v[3];
-    int got = 0, ok = 0;
-    for (; got < 3; got++) {
-        if (got == 2 && !with_shares) break;
-        if (PyObject_GetBuffer(args[got], &v[got], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got ? PyBUF_WRITABLE : 0)) < 0)
-            goto done;
-        if (!is_float32(&v[got])) {
-            got++;
-            PyErr_SetString(PyExc_TypeError, "grid_tail() takes contiguous float32 arrays");
-            goto done;
-        }
-    }
+    int ok = 0;
+    if (!f32_buffers("grid_tail", args, order, 3, 1u << 1 | 1u << 2, 1u << 2, v)) return NULL;
     const Py_ssize_t n = v[1].len / 4, d = n ? v[0].len / 4 / n : 0;
     if (n < 1 || d < 1 || v[0].len != n * d * 4 || (with_shares && v[2].len != v[0].len)) {
         PyErr_SetString(PyExc_ValueError, "grid_tail(): terms [n, d], score [n], shares [n, d]");
@@ -520,7 +526,7 @@ static PyObject *grid_tail(PyObject *module, PyObject *const *args, Py_ssize_t n
     }
     ok = 1;
 done:
-    for (int j = 0; j < got; j++) PyBuffer_Release(&v[j]);
+    f32_release(v, 3);
     if (!ok) return NULL;
     Py_RETURN_NONE;
 }

@@ -304,8 +304,6 @@ def test_compiled_sums_add_in_onnxruntimes_order() -> None:
     Sequential sums, numpy's pairwise ones and the compiled ones differ on
     such rows, so agreeing bit for bit on every length is not a given.
     """
-    import ctypes
-
     assert native.sums_agree(_session)
     lib = native._library()
     assert lib is not None
@@ -313,7 +311,6 @@ def test_compiled_sums_add_in_onnxruntimes_order() -> None:
     v = np.exp(rng.standard_normal(64) * 8.0)
     compiled = lib.anomstream_reduce_sum(v.ctypes.data, 64, 0)
     assert compiled != float(sum(v.tolist())) or compiled != float(np.sum(v))
-    assert lib.anomstream_reduce_sum(v.ctypes.data, 64, 1) != compiled or ctypes.c_double(compiled).value == compiled
 
 
 def _lof_split(root: Path, X: np.ndarray, k: int, name: str,
