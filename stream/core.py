@@ -151,9 +151,11 @@ from models.calibration import SEVERITIES
 from stream import serving_graph
 from stream.errors import ScoringError
 from stream.native import (
+    ForestSplit,
     GridSplit,
     NeighbourSplit,
     PcaSplit,
+    forest_available,
     grading,
     grid_available,
     pca_available,
@@ -473,7 +475,7 @@ class Scorer:
         split = self._split(model, what, whole)
         return whole if split is None else split
 
-    def _split(self, model: Any, what: str, whole: Any) -> NeighbourSplit | GridSplit | PcaSplit | None:
+    def _split(self, model: Any, what: str, whole: Any) -> NeighbourSplit | GridSplit | PcaSplit | ForestSplit | None:
         """``model`` as head, compiled neighbour searches and tail, or compiled grid lookup and tail, or None.
 
         (:mod:`stream.native`.)  The grid lookup is taken for graphs that read
@@ -497,15 +499,20 @@ class Scorer:
                           " and the rest too" if split_grid.total is not None else "")
                 return split_grid
             pca = serving_graph.pca_cut(model) if pca_available() else None
-            if pca is None:
+            forest = serving_graph.forest_cut(model) if pca is None and forest_available() else None
+            compiled: PcaSplit | ForestSplit
+            if pca is not None:
+                compiled, kind, imputing = PcaSplit(pca, whole), "PCA", pca.medians is not None
+            elif forest is not None:
+                compiled, kind, imputing = ForestSplit(forest, whole), "forest", forest.medians is not None
+            else:
                 return None
-            split_pca = PcaSplit(pca, whole)
-            if not self._agrees(split_pca.agrees, gaps=pca.medians is not None):
-                log.info("model %s: %s: the compiled PCA score differs from this onnxruntime's: the graph runs",
-                         self.ref, what)
+            if not self._agrees(compiled.agrees, gaps=imputing):
+                log.info("model %s: %s: the compiled %s score differs from this onnxruntime's: the graph runs",
+                         self.ref, what, kind)
                 return None
             log.debug("model %s: %s runs compiled", self.ref, what)
-            return split_pca
+            return compiled
         split = NeighbourSplit(cut, session, whole)
         self._splits.add(split)
         log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))

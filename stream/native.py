@@ -65,15 +65,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.serving_graph import DensityStage, GridCut, NeighbourCut, PcaCut, density_stage
+from stream.serving_graph import (
+    DensityStage,
+    ForestCut,
+    GridCut,
+    NeighbourCut,
+    PcaCut,
+    density_stage,
+)
 
 try:  # the extension module built with the package (hatch_build.py); stream.core grades with it too
     from stream._native import _grading as grading
 except ImportError:
     grading = None  # type: ignore[assignment]
 
-__all__ = ["MIN_ROWS", "GridSplit", "NeighbourSplit", "PcaSplit", "Prefilter", "available", "candidates", "density",
-           "grading", "grid_available", "library_path", "pca_available", "prefilter", "sums_agree"]
+__all__ = ["MIN_ROWS", "ForestSplit", "GridSplit", "NeighbourSplit", "PcaSplit", "Prefilter", "available", "candidates",
+           "density", "forest_available", "grading", "grid_available", "library_path", "pca_available", "prefilter",
+           "sums_agree"]
 
 log = logging.getLogger(__name__)
 
@@ -445,31 +453,21 @@ def pca_available() -> bool:
     return grading is not None and hasattr(grading, "pca_scores")
 
 
-class PcaSplit:
-    """PCA's score graph computed compiled (``grading.pca_scores``): ``run(names, feed, options)`` like a C session.
+class _ScoreGraph:
+    """A score-only graph computed compiled: ``run(names, feed, options)`` like a C session.
 
-    The graph (:func:`stream.serving_graph.pca_cut`) is nine small
-    onnxruntime nodes, two of them ``Gemm``; the compiled code does each step
-    in onnxruntime's order of operations (MLAS's multiply-add chains for the
-    products), on eight rows at a time.  Whether the bits agree depends on
-    the onnxruntime build, so :meth:`agrees` compares them with the graph's
-    session, and the core keeps the split only where every one matches.
-    Calls with run options, or asking for anything but ``score``, go to the
-    whole graph.
+    Whether the bits agree depends on the onnxruntime build, so
+    :meth:`agrees` compares them with the graph's session, and the core
+    keeps the split only where every one matches.  Calls with run options,
+    or asking for anything but ``score``, go to the whole graph.
     """
 
-    def __init__(self, cut: PcaCut, whole: Any) -> None:
-        if not pca_available():
-            raise RuntimeError("the compiled PCA score is not available")
+    def __init__(self, cut: Any, whole: Any) -> None:
         self.cut = cut
         self._whole = whole
 
     def _scores(self, x: NDArray[np.float32]) -> NDArray[np.float32] | None:
-        c = self.cut
-        out = np.empty(x.shape[0], dtype=np.float32)
-        ok = grading.pca_scores(np.ascontiguousarray(x, dtype=np.float32), out, c.scale, c.bias, c.w1, c.c1, c.w2,
-                                c.w, c.medians)
-        return out if ok else None
+        raise NotImplementedError
 
     def agrees(self, X: NDArray[np.float32]) -> bool:
         """Whether the compiled scores of ``X`` are the graph's, bit for bit."""
@@ -485,3 +483,58 @@ class PcaSplit:
             if out is not None:
                 return [out for _ in names]
         return list(self._whole.run(names, feed, options))
+
+
+class PcaSplit(_ScoreGraph):
+    """PCA's score graph computed compiled (``grading.pca_scores``).
+
+    The graph (:func:`stream.serving_graph.pca_cut`) is nine small
+    onnxruntime nodes, two of them ``Gemm``; the compiled code does each step
+    in onnxruntime's order of operations (MLAS's multiply-add chains for the
+    products), on eight rows at a time.
+    """
+
+    def __init__(self, cut: PcaCut, whole: Any) -> None:
+        if not pca_available():
+            raise RuntimeError("the compiled PCA score is not available")
+        super().__init__(cut, whole)
+
+    def _scores(self, x: NDArray[np.float32]) -> NDArray[np.float32] | None:
+        c = self.cut
+        out = np.empty(x.shape[0], dtype=np.float32)
+        ok = grading.pca_scores(np.ascontiguousarray(x, dtype=np.float32), out, c.scale, c.bias, c.w1, c.c1, c.w2,
+                                c.w, c.medians)
+        return out if ok else None
+
+
+def forest_available() -> bool:
+    """Whether IForest's compiled score graph (:class:`ForestSplit`) was built."""
+    return grading is not None and hasattr(grading, "forest_scores")
+
+
+class ForestSplit(_ScoreGraph):
+    """IForest's score graph computed compiled (``grading.forest_scores``).
+
+    onnxruntime's ``TreeEnsembleRegressor`` walks each row down each tree
+    node by node, a branch the CPU mispredicts about every other level.
+    The compiled walk holds the trees as complete binary trees
+    (:func:`stream.serving_graph.forest_cut`), so a node's children are at
+    ``2i + 1`` and ``2i + 2`` and a level is a comparison and an add, no
+    branch; with AVX-512 it walks 16 rows at a time (gathers of the nodes'
+    columns, thresholds and the rows' values) and four trees at once.  The
+    leaf values are added in tree order from zero, as onnxruntime adds them
+    on one thread.
+    """
+
+    def __init__(self, cut: ForestCut, whole: Any, *, portable: bool = False) -> None:
+        if not forest_available():
+            raise RuntimeError("the compiled forest is not available")
+        super().__init__(cut, whole)
+        self.portable = portable
+
+    def _scores(self, x: NDArray[np.float32]) -> NDArray[np.float32] | None:
+        c = self.cut
+        out = np.empty(x.shape[0], dtype=np.float32)
+        grading.forest_scores(np.ascontiguousarray(x, dtype=np.float32), out, c.feat, c.thr, c.leaf, c.depth,
+                              c.factor, c.base, c.medians, self.portable)
+        return out

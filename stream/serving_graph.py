@@ -41,8 +41,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "TOP_INDEX", "TOP_SHARE", "DensityStage", "ExactStage", "NeighbourCut", "NeighbourSearch", "PcaCut", "contribution_handover", "cuda_capturable",
-    "density_stage", "fused_affine", "grid_tail_total", "neighbour_cut", "pca_cut", "pruned", "top_contributions",
+    "TOP_INDEX", "TOP_SHARE", "DensityStage", "ExactStage", "ForestCut", "NeighbourCut", "NeighbourSearch", "PcaCut", "contribution_handover", "cuda_capturable",
+    "density_stage", "forest_cut", "fused_affine", "grid_tail_total", "neighbour_cut", "pca_cut", "pruned", "top_contributions",
     "with_inputs", "with_outputs", "without_imputation",
 ]
 
@@ -937,22 +937,201 @@ def pca_cut(model: Any) -> PcaCut | None:
             if _attr(bn, "epsilon", 1e-5) != 0.0 or np.any(mean != 0) or np.any(var != 1):
                 return None
             x = bn.input[0]
-        medians = None
-        if x in producer:
-            where = node(x, "Where", 3)
-            isnan = node(where.input[0], "IsNaN", 1)
-            medians = consts.get(where.input[1])
-            if medians is None or medians.dtype != np.float32 or medians.size != d or medians.ndim > 2:
-                return None
-            medians = np.ascontiguousarray(medians.reshape(-1))
-            if isnan.input[0] != where.input[2]:
-                return None
-            x = isnan.input[0]
+        x, medians = _before_imputation(x, d, node, consts)
         if x != graph.input[0].name or len(used) != len(graph.node):
             return None
     except _NoMatch:
         return None
     return PcaCut(x, scale, bias, w1, np.ascontiguousarray(c1), w2, np.ascontiguousarray(w), medians)
+
+
+def _before_imputation(x: str, d: int, node: Any, consts: dict[str, Any]) -> tuple[str, NDArray[np.float32] | None]:
+    """The tensor behind ``x`` = ``Where(IsNaN(t), medians, t)`` and its ``d`` float32 medians, else (``x``, None).
+
+    ``node(name, op, n_in)`` is the caller's matcher (it raises :class:`_NoMatch`).
+    """
+    try:
+        where = node(x, "Where", 3)
+    except _NoMatch:
+        return x, None
+    isnan = node(where.input[0], "IsNaN", 1)
+    medians = consts.get(where.input[1])
+    if medians is None or medians.dtype != np.float32 or medians.size != d or medians.ndim > 2 \
+            or isnan.input[0] != where.input[2]:
+        raise _NoMatch(x)
+    return isnan.input[0], np.ascontiguousarray(medians.reshape(-1))
+
+
+FOREST_MAX_DEPTH = 12  # deeper trees (over 4,096 leaves as complete trees) stay in the graph
+
+
+@dataclass(frozen=True)
+class ForestCut:
+    """IForest's score graph (:func:`forest_cut`), as ``stream._native._grading.forest_scores`` computes it.
+
+    ``score = base ** (sum of the trees' leaf values * factor)`` in float32,
+    the trees as complete binary trees of ``depth`` levels: node ``i`` of
+    tree ``t`` splits on column ``feat[t, i]`` at ``thr[t, i]`` (``x <=
+    thr`` to ``2i + 1``, else ``2i + 2``) and ``leaf[t, j]`` is the value at
+    the ``j``-th node of the last level.  A leaf of the graph above the last
+    level is repeated over the nodes below it (their splits, on column 0,
+    lead to the same value whichever way they go).
+    """
+
+    x: str
+    feat: NDArray[np.int32]  # [trees, 2**depth - 1]
+    thr: NDArray[np.float32]  # [trees, 2**depth - 1]
+    leaf: NDArray[np.float32]  # [trees, 2**depth]
+    depth: int
+    factor: float
+    base: float
+    medians: NDArray[np.float32] | None = None  # NaN in x replaced by these first (the imputation), if given
+
+
+def forest_cut(model: Any) -> ForestCut | None:
+    """``model`` as IForest's score graph, matched node by node, or None where it is anything else.
+
+    The graph must hold exactly :meth:`models.zoo.iforest.IForest.onnx_graph`'s
+    score nodes on a graph input (the contributions pruned away), after the
+    optional imputation ``Where(IsNaN(x), medians, x)``: one
+    ``TreeEnsembleRegressor`` (one target, ``SUM``, no post-transform, no
+    base values, ``BRANCH_LEQ`` splits on float32 thresholds, no missing-value
+    tracking, one weight per leaf, trees of at most ``FOREST_MAX_DEPTH``
+    levels), ``Squeeze`` of axis 1, ``Mul`` by a float32 scalar and ``Pow``
+    of a float32 scalar to that (then an ``Identity`` to ``score``).
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    if [o.name for o in graph.output] != ["score"] or len(graph.input) != 1:
+        return None
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    used: list[Any] = []
+
+    def node(name: str, op: str, n_in: int, domain: tuple[str, ...] = ("", "ai.onnx")) -> Any:
+        got = producer.get(name)
+        if got is None or got.op_type != op or len(got.input) != n_in or got.domain not in domain:
+            raise _NoMatch(name)
+        used.append(got)
+        return got
+
+    def scalar(name: str) -> float:
+        v = consts.get(name)
+        if v is None or v.dtype != np.float32 or v.size != 1:
+            raise _NoMatch(name)
+        return float(v.reshape(-1)[0])
+
+    try:
+        last = node("score", "Identity", 1).input[0] if producer.get("score") is not None and \
+            producer["score"].op_type == "Identity" else "score"
+        power = node(last, "Pow", 2)
+        base = scalar(power.input[0])
+        product = node(power.input[1], "Mul", 2)
+        path, factor_name = product.input if product.input[1] in consts else product.input[::-1]
+        factor = scalar(factor_name)
+        squeeze = node(path, "Squeeze", 2)
+        if consts.get(squeeze.input[1]) is None or consts[squeeze.input[1]].reshape(-1).tolist() not in ([1], [-1]):
+            return None
+        forest = node(squeeze.input[0], "TreeEnsembleRegressor", 1, ("ai.onnx.ml",))
+        info = _tensor_infos(model)
+        x = forest.input[0]
+        width = info[graph.input[0].name].type.tensor_type.shape.dim
+        if len(width) != 2 or not width[1].HasField("dim_value"):
+            return None
+        d = int(width[1].dim_value)
+        x, medians = _before_imputation(x, d, node, consts)
+        if x != graph.input[0].name or len(used) != len(graph.node):
+            return None
+        trees = _complete_trees(forest, d)
+    except _NoMatch:
+        return None
+    if trees is None:
+        return None
+    feat, thr, leaf, depth = trees
+    return ForestCut(x, feat, thr, leaf, depth, factor, base, medians)
+
+
+def _complete_trees(forest: Any, d: int) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.float32],
+                                                     int] | None:
+    """A ``TreeEnsembleRegressor``'s trees as :class:`ForestCut`'s complete trees, or None where it cannot be."""
+    attrs = {a.name: a for a in forest.attribute}
+    allowed = {"aggregate_function", "n_targets", "post_transform", "base_values", "nodes_treeids", "nodes_nodeids",
+               "nodes_featureids", "nodes_values", "nodes_modes", "nodes_truenodeids", "nodes_falsenodeids",
+               "nodes_hitrates", "nodes_missing_value_tracks_true", "target_treeids", "target_nodeids", "target_ids",
+               "target_weights"}
+    if not allowed.issuperset(attrs) or _attr(forest, "n_targets", 0) != 1 \
+            or _attr(forest, "aggregate_function", b"SUM") not in (b"SUM", "SUM") \
+            or _attr(forest, "post_transform", b"NONE") not in (b"NONE", "NONE") \
+            or any(_attr(forest, "base_values", [])) or any(_attr(forest, "nodes_missing_value_tracks_true", [])):
+        return None
+    tree_ids = np.asarray(_attr(forest, "nodes_treeids", []), dtype=np.int64)
+    node_ids = np.asarray(_attr(forest, "nodes_nodeids", []), dtype=np.int64)
+    features = np.asarray(_attr(forest, "nodes_featureids", []), dtype=np.int64)
+    values = np.asarray(_attr(forest, "nodes_values", []), dtype=np.float32)
+    modes = [m.decode() if isinstance(m, bytes) else m for m in _attr(forest, "nodes_modes", [])]
+    true_ids = np.asarray(_attr(forest, "nodes_truenodeids", []), dtype=np.int64)
+    false_ids = np.asarray(_attr(forest, "nodes_falsenodeids", []), dtype=np.int64)
+    n = len(tree_ids)
+    if n == 0 or not all(len(a) == n for a in (node_ids, features, values, modes, true_ids, false_ids)) \
+            or not set(modes) <= {"BRANCH_LEQ", "LEAF"}:
+        return None
+    weights: dict[tuple[int, int], float] = {}
+    t_trees, t_nodes = _attr(forest, "target_treeids", []), _attr(forest, "target_nodeids", [])
+    t_ids, t_weights = _attr(forest, "target_ids", []), _attr(forest, "target_weights", [])
+    if not len(t_trees) == len(t_nodes) == len(t_ids) == len(t_weights) or any(t_ids):
+        return None
+    for tree, at, w in zip(t_trees, t_nodes, t_weights):
+        if (tree, at) in weights:
+            return None  # two weights on one leaf: onnxruntime would add them, in its own order
+        weights[(tree, at)] = float(np.float32(w))
+    count = int(tree_ids.max()) + 1
+    index: list[dict[int, int]] = [{} for _ in range(count)]
+    for i, (tree, at) in enumerate(zip(tree_ids.tolist(), node_ids.tolist())):
+        if tree < 0 or at in index[tree]:
+            return None
+        index[tree][at] = i
+    if any(not nodes or 0 not in nodes for nodes in index):
+        return None
+
+    def depth_of(tree: int) -> int:
+        deepest, stack = 0, [(0, 0)]
+        while stack:
+            at, level = stack.pop()
+            i = index[tree].get(at)
+            if i is None or level > FOREST_MAX_DEPTH:
+                raise _NoMatch(str(at))
+            if modes[i] == "LEAF":
+                if (tree, at) not in weights:
+                    raise _NoMatch(str(at))
+                deepest = max(deepest, level)
+            else:
+                if not 0 <= features[i] < d:
+                    raise _NoMatch(str(at))
+                stack += [(int(true_ids[i]), level + 1), (int(false_ids[i]), level + 1)]
+        return deepest
+
+    try:
+        depth = max(1, max(depth_of(t) for t in range(count)))
+    except _NoMatch:
+        return None
+    inner = (1 << depth) - 1
+    feat = np.zeros((count, inner), dtype=np.int32)
+    thr = np.zeros((count, inner), dtype=np.float32)
+    leaf = np.zeros((count, inner + 1), dtype=np.float32)
+    for tree in range(count):
+        stack = [(0, 0, 0)]  # the graph's node, its place in the complete tree, its level
+        while stack:
+            at, place, level = stack.pop()
+            i = index[tree][at]
+            if modes[i] == "LEAF":
+                below = depth - level  # the leaf spreads over the last level's nodes under its place
+                first = ((place + 1) << below) - 1 - inner
+                leaf[tree, first:first + (1 << below)] = weights[(tree, at)]
+                continue
+            feat[tree, place], thr[tree, place] = features[i], values[i]
+            stack += [(int(true_ids[i]), 2 * place + 1, level + 1), (int(false_ids[i]), 2 * place + 2, level + 1)]
+    return feat, thr, leaf, depth
 
 
 @dataclass(frozen=True)

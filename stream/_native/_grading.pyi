@@ -1,4 +1,4 @@
-"""Calibration, threshold and severity of raw scores in one pass; histogram graphs' step-grid lookup (``grading.c``)."""
+"""Calibration, threshold and severity of raw scores in one pass; compiled score graphs (``grading.c``)."""
 
 from typing import Any
 
@@ -20,3 +20,8 @@ def pca_scores(
 ) -> bool: ...
 
 def grid_tail(terms: Any, score: Any, shares: Any, total: float, /) -> None: ...
+
+def forest_scores(
+    x: Any, out: Any, feat: Any, thr: Any, leaf: Any, depth: int, factor: float, base: float, medians: Any,
+    portable: bool = ..., /,
+) -> None: ...

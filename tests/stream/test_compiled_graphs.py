@@ -1,4 +1,4 @@
-"""Graphs computed compiled against onnxruntime's: PCA's score (native.PcaSplit) and HBOS's tail (GridSplit)."""
+"""Graphs computed compiled against onnxruntime's: PCA's and IForest's scores (native.PcaSplit, ForestSplit) and HBOS's tail."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from stream import native, serving_graph
 from stream.core import Scorer
 from stream.synthetic import SyntheticStream
 
-pytestmark = pytest.mark.skipif(not native.pca_available(), reason="the grading extension is not built")
+pytestmark = pytest.mark.skipif(not native.forest_available(), reason="the grading extension is not built")
 
 _FIELDS = ("raw", "score", "anomaly", "severity", "anomalous_rows", "top_features", "top_shares")
 
@@ -175,3 +175,118 @@ def test_grid_tail_is_matched_only_as_hbos_builds_it(tmp_path: Path) -> None:
     del lp.attribute[:]
     lp.attribute.extend([helper.make_attribute("axis", 1), helper.make_attribute("p", 2)])
     assert serving_graph.grid_tail_total(cut) is None
+
+
+@pytest.mark.parametrize(("d", "params"), [
+    (32, {}),
+    (7, {"n_estimators": 13, "max_samples": 64}),
+    (5, {"n_estimators": 3, "max_samples": 2000}),
+    (12, {"n_estimators": 30, "max_samples": 0.5, "max_features": 0.5}),
+    (2, {"n_estimators": 7, "max_samples": 8}),
+])
+def test_compiled_forest_scores_are_the_graphs_bits(d: int, params: dict[str, object], tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Both score graphs, 16-row blocks and the rows left over, the plain C walk, NaN, infinities, three scales."""
+    import onnx
+
+    gen = SyntheticStream(n_features=d, seed=d + 7)
+    X, _ = gen.sample(3000, anomaly_rate=0.01)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    art = _artifact(tmp_path, Pipeline(preprocessor=Preprocessor(scaler="none"),
+                                       detector=make_detector("iforest", **params)).fit(X), X, "iforest")
+    model = onnx.load(str(art.model_path))
+    score = serving_graph.pruned(model, ["score"])[0]
+    complete = serving_graph.without_imputation(score)
+    rows, _ = gen.sample(1001, anomaly_rate=0.05)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    gaps = rows.copy()
+    gaps[::4, ::3] = np.nan
+    gaps[1::9] = np.nan  # whole rows missing
+    extreme = rows.copy()
+    extreme[::5, 0], extreme[1::7, -1], extreme[2::11, -1], extreme[3::13, 0] = np.inf, -np.inf, 3e38, -0.0
+    ties = rows.copy()  # values on the splits' thresholds: x <= threshold goes to the first child
+    cut = serving_graph.forest_cut(score)
+    assert cut is not None
+    rng = np.random.default_rng(d)
+    for j in range(d):
+        on_j = cut.thr[cut.feat == j]
+        ties[:, j] = rng.choice(on_j, size=len(ties)) if on_j.size else ties[:, j]
+    for graph, batches in ((score, (rows, gaps, extreme, ties)), (complete, (rows, gaps, extreme, ties))):
+        # the graph without imputation sends NaN down the false branch, and so must the compiled walk
+        cut = serving_graph.forest_cut(graph)
+        assert cut is not None and (cut.medians is not None) == (graph is score)
+        whole = _session(graph)
+        splits = [native.ForestSplit(cut, whole), native.ForestSplit(cut, whole, portable=True)]
+        for batch in batches:
+            for scale in (1.0, 1e-3, 1e3):
+                with np.errstate(over="ignore"):
+                    scaled = batch * np.float32(scale)
+                assert all(split.agrees(scaled) for split in splits)
+            for n in (1, 2, 8, 9, 15, 16, 17, 24, 25, 256, 1001):
+                want = whole.run(["score"], {"features": batch[:n]})[0]  # type: ignore[attr-defined]
+                for split in splits:
+                    got = split.run(["score"], {"features": batch[:n]})[0]
+                    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"{n} rows")
+    with caplog.at_level(logging.DEBUG, logger="stream.core"):
+        compiled = Scorer(art, providers="cpu")
+    assert any("score-only graph runs compiled" in r.getMessage() for r in caplog.records)
+    _same_as_the_graphs(compiled, Scorer(art, providers="cpu", native="never"),
+                        (rows, gaps, extreme, rows * np.float32(50)))
+
+
+def test_forest_cut_matches_iforest_score_graphs_only(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    gen = SyntheticStream(n_features=3, seed=4)
+    X, _ = gen.sample(9000, anomaly_rate=0.01)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+
+    def graph_of(name: str, **params: object) -> object:
+        art = _artifact(tmp_path / f"{name}{len(params)}", Pipeline(preprocessor=Preprocessor(scaler="none"),
+                                                                   detector=make_detector(name, **params)).fit(X), X, name)
+        return onnx.load(str(art.model_path))
+
+    for algorithm in ("hbos", "pca", "copod"):
+        assert serving_graph.forest_cut(serving_graph.pruned(graph_of(algorithm), ["score"])[0]) is None, algorithm
+    full = graph_of("iforest", n_estimators=5)
+    assert serving_graph.forest_cut(full) is None  # contributions too: not the score graph
+    score = serving_graph.pruned(full, ["score"])[0]
+    cut = serving_graph.forest_cut(score)
+    assert cut is not None and cut.feat.shape == (5, (1 << cut.depth) - 1) and cut.leaf.shape == (5, 1 << cut.depth)
+    assert cut.base == 2.0 and cut.factor < 0
+
+    def changed(edit: object) -> object:
+        g = onnx.ModelProto()
+        g.CopyFrom(score)
+        edit(next(n for n in g.graph.node if n.op_type == "TreeEnsembleRegressor"))  # type: ignore[operator]
+        return serving_graph.forest_cut(g)
+
+    def set_attr(name: str, value: object) -> object:
+        def edit(node: object) -> None:
+            kept = [a for a in node.attribute if a.name != name]  # type: ignore[attr-defined]
+            del node.attribute[:]  # type: ignore[attr-defined]
+            node.attribute.extend([*kept, helper.make_attribute(name, value)])  # type: ignore[attr-defined]
+        return edit
+
+    def attr(node: object, name: str) -> list[object]:
+        return list(helper.get_attribute_value(next(a for a in node.attribute if a.name == name)))  # type: ignore[attr-defined]
+
+    node = next(n for n in score.graph.node if n.op_type == "TreeEnsembleRegressor")
+    modes = attr(node, "nodes_modes")
+    assert changed(lambda n: None) is not None
+    assert changed(set_attr("post_transform", "LOGISTIC")) is None
+    assert changed(set_attr("base_values", [1.0])) is None
+    assert changed(set_attr("aggregate_function", "AVERAGE")) is None
+    assert changed(set_attr("nodes_modes", [b"BRANCH_LT" if m == b"BRANCH_LEQ" else m for m in modes])) is None
+    assert changed(set_attr("nodes_missing_value_tracks_true", [1] * len(modes))) is None
+    twice = [attr(node, k) for k in ("target_treeids", "target_nodeids", "target_ids", "target_weights")]
+
+    def doubled(n: object) -> None:  # a second weight on the first leaf
+        for k, values in zip(("target_treeids", "target_nodeids", "target_ids", "target_weights"), twice, strict=True):
+            set_attr(k, [*values, values[0]])(n)
+    assert changed(doubled) is None
+    deep = serving_graph.pruned(graph_of("iforest", n_estimators=2, max_samples=8192), ["score"])[0]
+    assert serving_graph.forest_cut(deep) is None  # 13 levels: over FOREST_MAX_DEPTH
+    assert serving_graph.forest_cut(serving_graph.pruned(graph_of("iforest", n_estimators=2, max_samples=4096),
+                                                         ["score"])[0]) is not None
