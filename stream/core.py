@@ -155,6 +155,7 @@ from stream.native import (
     GridSplit,
     NeighbourSplit,
     PcaSplit,
+    counts_available,
     forest_available,
     grading,
     grid_available,
@@ -487,7 +488,8 @@ class Scorer:
         def session(part: Any) -> Any:
             return _c_session(self._cpu_session(part, what))
 
-        cut = serving_graph.neighbour_cut(model) if native_available() else None
+        searches, counting = native_available(), counts_available()
+        cut = serving_graph.neighbour_cut(model, searches=searches, counts=counting) if searches or counting else None
         if cut is None:
             grid = serving_graph.grid_cut(model) if grid_available() and not serving_graph.imputes(model) else None
             if grid is not None:
@@ -513,9 +515,16 @@ class Scorer:
                 return None
             log.debug("model %s: %s runs compiled", self.ref, what)
             return compiled
+        if cut.searches and cut.counts:
+            # batches a search does not take (fewer than MIN_ROWS rows, a NaN or an infinity) still count compiled
+            small = serving_graph.neighbour_cut(model, searches=False, counts=True)
+            if small is not None:
+                whole = NeighbourSplit(small, session, whole)
         split = NeighbourSplit(cut, session, whole)
-        self._splits.add(split)
-        log.debug("model %s: %s runs %d neighbour search(es) compiled", self.ref, what, len(cut.searches))
+        if cut.searches:
+            self._splits.add(split)
+        log.debug("model %s: %s runs %d neighbour search(es) and %d ECDF count(s) compiled", self.ref, what,
+                  len(cut.searches), len(cut.counts))
         return split
 
     def _agrees(self, check: Callable[[NDArray[np.float32]], bool], *, gaps: bool) -> bool:

@@ -71,6 +71,7 @@ from stream.serving_graph import (
     GridCut,
     NeighbourCut,
     PcaCut,
+    PrefixCount,
     density_stage,
 )
 
@@ -80,7 +81,7 @@ except ImportError:
     grading = None  # type: ignore[assignment]
 
 __all__ = ["MIN_ROWS", "ForestSplit", "GridSplit", "NeighbourSplit", "PcaSplit", "Prefilter", "available", "candidates",
-           "density", "forest_available", "grading", "grid_available", "library_path", "pca_available", "prefilter",
+           "counts", "counts_available", "density", "forest_available", "grading", "grid_available", "library_path", "pca_available", "prefilter",
            "sums_agree"]
 
 log = logging.getLogger(__name__)
@@ -311,7 +312,13 @@ def sums_agree(session: Any) -> bool:
 
 
 class NeighbourSplit:
-    """A graph run as head call, compiled searches, tail call: ``run(names, feed, options)`` like a C session.
+    """A graph run as head call, compiled searches and counts, tail call: ``run(names, feed, options)`` like a C session.
+
+    The counts are ECOD's and COPOD's ECDF counts (the graph's unrolled
+    binary searches over the sorted training columns, two chains of ~14
+    steps of four nodes each over [N, D] tensors; :func:`counts`): their
+    results are integers, so any code that counts gives the graph's.  A graph
+    with counts and no search is cut at every batch size.
 
     Parameters
     ----------
@@ -324,9 +331,12 @@ class NeighbourSplit:
     """
 
     def __init__(self, cut: NeighbourCut, session: Any, whole: Any) -> None:
-        if _library() is None:
+        if cut.searches and _library() is None:
             raise RuntimeError("the compiled neighbour search is not available")
+        if cut.counts and not counts_available():
+            raise RuntimeError("the compiled ECDF counts are not available")
         self.cut = cut
+        self.min_rows = MIN_ROWS if cut.searches else 1
         self._head = session(cut.head) if cut.head is not None else None
         self._tail = session(cut.tail)
         self._whole = whole
@@ -339,7 +349,7 @@ class NeighbourSplit:
 
     def run(self, names: list[str], feed: dict[str, Any], options: Any = None) -> list[Any]:
         """The outputs ``names`` for ``feed``, as the whole graph's session would return them."""
-        if len(next(iter(feed.values()))) < MIN_ROWS:
+        if len(next(iter(feed.values()))) < self.min_rows:
             if options is None:
                 return list(self._whole.run(names, feed, options))
             # The core's calls with run options shrink the sessions' memory arenas after its load-time
@@ -362,6 +372,8 @@ class NeighbourSplit:
             found[s.output] = out
             if s.exact is not None:
                 found[s.exact.output] = sq
+        for c in self.cut.counts:
+            found[c.output] = counts(head[c.x] if c.x in head else feed[c.x], c)
         tail_names = [n for n in names if n in self._tail_made]
         tail_feed = {n: head[n] if n in head else found[n] if n in found else feed[n] for n in self.cut.tail_inputs}
         tail = dict(zip(tail_names, self._tail.run(tail_names, tail_feed, options))) if tail_names else {}
@@ -381,6 +393,18 @@ class NeighbourSplit:
             return list(self._whole.run(names, feed, options))
         made = {stage.score: got[0], stage.chosen: got[1], stage.candidates: out}
         return [made[n] for n in names]
+
+
+def counts_available() -> bool:
+    """Whether the compiled ECDF counts (:func:`counts`) were built."""
+    return grading is not None and hasattr(grading, "prefix_counts")
+
+
+def counts(x: NDArray[np.float32], count: PrefixCount) -> NDArray[np.int64]:
+    """``count``'s output for rows ``x`` [N, D]: per cell, how many of its column's values are <= it (< if strict)."""
+    out = np.empty(x.shape, dtype=np.int64)
+    grading.prefix_counts(np.ascontiguousarray(x, dtype=np.float32), count.values, out, count.strict)
+    return out
 
 
 def grid_available() -> bool:

@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "TOP_INDEX", "TOP_SHARE", "DensityStage", "ExactStage", "ForestCut", "NeighbourCut", "NeighbourSearch", "PcaCut", "contribution_handover", "cuda_capturable",
+    "TOP_INDEX", "TOP_SHARE", "DensityStage", "ExactStage", "ForestCut", "NeighbourCut", "NeighbourSearch", "PcaCut", "PrefixCount", "contribution_handover", "cuda_capturable",
     "density_stage", "forest_cut", "fused_affine", "grid_tail_total", "neighbour_cut", "pca_cut", "pruned", "top_contributions",
     "with_inputs", "with_outputs", "without_imputation",
 ]
@@ -467,19 +467,37 @@ class ExactStage:
 
 
 @dataclass(frozen=True)
+class PrefixCount:
+    """One ECDF count of a graph (:meth:`models.onnx_graph.GraphBuilder.prefix_count`, :func:`neighbour_cut`).
+
+    ``output`` (int64 [N, D]) holds, per cell of ``x`` [N, D], how many of
+    its column's ascending values ``values[j]`` (float32 [D, width], width
+    ``2**k - 1``, padded with +inf) satisfy ``v <= x`` (``v < x`` where
+    ``strict``), as the graph's unrolled search finds it (a NaN counts 0).
+    """
+
+    x: str
+    values: NDArray[np.float32]
+    strict: bool
+    output: str
+
+
+@dataclass(frozen=True)
 class NeighbourCut:
-    """A graph cut around its neighbour searches: ``head`` (None where nothing precedes them), the
-    searches, and ``tail`` reading the head's ``head_outputs`` and the searches' outputs."""
+    """A graph cut around its neighbour searches and ECDF counts: ``head`` (None where nothing precedes them),
+    the searches and counts, and ``tail`` reading the head's ``head_outputs`` and their outputs."""
 
     head: Any
     head_outputs: list[str]
     searches: list[NeighbourSearch]
     tail: Any
     tail_inputs: list[str]
+    counts: list[PrefixCount] = field(default_factory=list)
 
 
-def neighbour_cut(model: Any) -> NeighbourCut | None:
-    """``model`` cut around its grouped neighbour-candidate searches, or None where it has none.
+def neighbour_cut(model: Any, *, searches: bool = True, counts: bool = False) -> NeighbourCut | None:
+    """``model`` cut around its grouped neighbour-candidate searches (and, with ``counts``, its ECDF counts), or
+    None where it has none.
 
     A search is found by its output's name (``candidates``, as
     :meth:`models.zoo.neighbours.ReferenceSet.onnx_nearest` names it, with
@@ -491,6 +509,8 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     and feed nothing else.  Anything else leaves the graph whole.  Where the
     exact stage after a search starts as :class:`ExactStage` describes, its
     first nodes join the search (they read nothing the head does not make).
+    An ECDF count (:class:`PrefixCount`) is found by its chain of ``Where``
+    nodes and checked step by step against its table.
     """
     from onnx import numpy_helper
 
@@ -501,11 +521,19 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     for node in graph.node:
         for name in _inputs_of(node):
             readers.setdefault(name, []).append(node)
-    searches: list[NeighbourSearch] = []
+    found_searches: list[NeighbourSearch] = []
+    found_counts: list[PrefixCount] = []
     cut: set[int] = set()
     for node in graph.node:
         out = node.output[0] if node.output else ""
-        if node.op_type != "Add" or not _CANDIDATES.search(out):
+        if counts and node.op_type == "Where" and not any(
+                r.op_type == "Where" and r.input[2] == out for r in readers.get(out, [])):
+            count = _count_behind(out, producer, consts, readers, numpy_helper)
+            if count is not None:
+                found_counts.append(count[0])
+                cut |= {id(n) for n in count[1]}
+            continue
+        if not searches or node.op_type != "Add" or not _CANDIDATES.search(out):
             continue
         found = _search_behind(out, producer, consts, readers, numpy_helper)
         if found is None:
@@ -515,20 +543,23 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
         if exact is not None:
             search = replace(search, exact=exact[0])
             nodes = nodes + exact[1]
-        searches.append(search)
+        found_searches.append(search)
         cut |= {id(n) for n in nodes}
-    if not searches:
+    if not found_searches and not found_counts:
         return None
+    searches_ = found_searches
     rest = [n for n in graph.node if id(n) not in cut]
     rest_producer = {o: n for n in rest for o in n.output}
-    wanted = [s.x for s in searches] + [s.exact.x for s in searches if s.exact is not None]
+    wanted = [s.x for s in searches_] + [s.exact.x for s in searches_ if s.exact is not None] \
+        + [c.x for c in found_counts]
     head_ids = {id(n) for n in _ancestors(rest_producer, set(wanted))}
     head_nodes = [n for n in rest if id(n) in head_ids]
     tail_nodes = [n for n in rest if id(n) not in head_ids]
     graph_inputs = [i.name for i in graph.input]
     outputs = {o.name for o in graph.output}
     head_made = {o for n in head_nodes for o in n.output}
-    searched = {s.output for s in searches} | {s.exact.output for s in searches if s.exact is not None}
+    searched = {s.output for s in searches_} | {s.exact.output for s in searches_ if s.exact is not None} \
+        | {c.output for c in found_counts}
     tail_reads = set().union(*(_inputs_of(n) for n in tail_nodes)) if tail_nodes else set()
     tail_inputs = [name for name in [*graph_inputs, *sorted(head_made), *sorted(searched)]
                    if name in tail_reads and name not in consts]
@@ -538,7 +569,106 @@ def neighbour_cut(model: Any) -> NeighbourCut | None:
     head = _part(model, info, head_nodes, graph_inputs, head_outputs) if head_nodes else None
     tail_made = {o for n in tail_nodes for o in n.output}
     tail = _part(model, info, tail_nodes, tail_inputs, [o.name for o in graph.output if o.name in tail_made])
-    return NeighbourCut(head, head_outputs, searches, tail, tail_inputs)
+    return NeighbourCut(head, head_outputs, searches_, tail, tail_inputs, found_counts)
+
+
+def _count_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], readers: dict[str, list[Any]],
+                  numpy_helper: Any) -> tuple[PrefixCount, list[Any]] | None:
+    """The ECDF count ending at ``out`` and its nodes, or None where the nodes behind it are not one.
+
+    Step by step from the last: ``pos = Where(op(value, x), longer, prev)``
+    with ``op`` ``LessOrEqual`` or ``Less`` (the same in every step) on the
+    same ``x``; in the first step ``prev`` is the int64 constant 0, ``longer``
+    the step and ``value`` a constant row; in the others ``longer =
+    Add(prev, step)`` and ``value`` the table read at ``Add(prev, offset)``
+    (``Reshape``, ``GatherElements`` along axis 1, ``Reshape``).  The steps
+    must halve from ``(width + 1) / 2`` to 1 and every offset and first
+    value be the table's, for a table of ``D`` ascending rows of width ``2**k
+    - 1``; nothing but the last ``pos`` may be read outside the chain.
+    """
+    def const(name: str) -> NDArray[Any] | None:
+        return numpy_helper.to_array(consts[name]) if name in consts else None
+
+    def shape_is(name: str, want: list[int]) -> bool:
+        v = const(name)
+        return v is not None and v.tolist() == want
+
+    def made_by(name: str, op: str, n_in: int) -> Any:
+        got = producer.get(name)
+        if got is None or got.op_type != op or len(got.input) != n_in or got.domain not in ("", "ai.onnx"):
+            raise _NoMatch(name)
+        return got
+
+    nodes: list[Any] = []
+    steps: list[tuple[int, NDArray[Any], bool]] = []  # (step, offsets or first values, first)
+    x = op = table = None
+    name = out
+    try:
+        while True:
+            where = made_by(name, "Where", 3)
+            inside = producer.get(where.input[0])
+            if inside is None or inside.op_type not in ("LessOrEqual", "Less") or len(inside.input) != 2:
+                return None
+            if (x is not None and inside.input[1] != x) or (op is not None and inside.op_type != op):
+                return None
+            x, op = inside.input[1], inside.op_type
+            nodes += [where, inside]
+            prev = where.input[2]
+            zero = const(prev)
+            if zero is not None:  # the first step
+                step, probes = const(where.input[1]), const(inside.input[0])
+                if zero.dtype != np.int64 or zero.size != 1 or int(zero.reshape(-1)[0]) != 0 or step is None \
+                        or step.size != 1 or probes is None or probes.dtype != np.float32 or probes.ndim != 1:
+                    return None
+                steps.append((int(step.reshape(-1)[0]), probes, True))
+                break
+            longer = made_by(where.input[1], "Add", 2)
+            back = made_by(inside.input[0], "Reshape", 2)
+            gather = made_by(back.input[0], "GatherElements", 2)
+            flat = made_by(gather.input[1], "Reshape", 2)
+            at = made_by(flat.input[0], "Add", 2)
+            step, offsets = const(longer.input[1]), const(at.input[1])
+            t = const(gather.input[0])
+            if (longer.input[0] != prev or at.input[0] != prev or step is None or step.size != 1 or offsets is None
+                    or offsets.dtype != np.int64 or offsets.ndim != 1 or t is None or t.dtype != np.float32
+                    or t.ndim != 2 or t.shape[0] != 1 or _attr(gather, "axis", 0) != 1
+                    or (table is not None and gather.input[0] != table)
+                    or not shape_is(flat.input[1], [1, -1]) or not shape_is(back.input[1], [-1, offsets.size])):
+                return None
+            table = gather.input[0]
+            nodes += [longer, back, gather, flat, at]
+            steps.append((int(step.reshape(-1)[0]), offsets, False))
+            name = prev
+    except _NoMatch:
+        return None
+    if table is None or x is None:
+        return None
+    flat_table = const(table)
+    assert flat_table is not None
+    d = steps[-1][1].size
+    width = flat_table.size // d if d else 0
+    steps.reverse()
+    starts = np.arange(d, dtype=np.int64) * width
+    want = (width + 1) // 2
+    if d < 1 or width < 1 or width * d != flat_table.size or (width + 1) & width:
+        return None
+    values = np.ascontiguousarray(flat_table.reshape(d, width))
+    for size, probe, first in steps:
+        if size != want or probe.size != d:
+            return None
+        if first and not np.array_equal(probe.view(np.uint32), values[:, size - 1].view(np.uint32)):
+            return None
+        if not first and not np.array_equal(probe, starts + (size - 1)):
+            return None
+        want //= 2
+    if want != 0 or np.any(values[:, 1:] < values[:, :-1]):  # every step down to 1; ascending rows
+        return None
+    ids = {id(n) for n in nodes}
+    for node in nodes:  # nothing but the count leaves the chain
+        for o in node.output:
+            if o != out and any(id(r) not in ids for r in readers.get(o, [])):
+                return None
+    return PrefixCount(x, values, op == "Less", out), nodes
 
 
 def _search_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], readers: dict[str, list[Any]],

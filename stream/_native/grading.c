@@ -1,6 +1,7 @@
 /* Calibration, threshold and severity of a batch's raw scores in one pass (stream/core.py, Scorer.score), and
  * score graphs computed compiled (stream/native.py): the step-grid lookup of histogram graphs on their input rows
- * and HBOS's tail (grid_terms, grid_tail), PCA's score (pca_scores), IForest's score (forest_scores).
+ * and HBOS's tail (grid_terms, grid_tail), PCA's score (pca_scores), IForest's score (forest_scores), ECOD's and
+ * COPOD's ECDF counts (prefix_counts).
  *
  * A CPython extension module (stream._native._grading) on the plain C API and the buffer protocol, no
  * numpy headers.  A Grader holds a copy of the card's knot table (models.calibration.KnotLookup),
@@ -724,6 +725,142 @@ done:
     Py_RETURN_NONE;
 }
 
+/* ECOD's and COPOD's ECDF counts (serving_graph.PrefixCount, GraphBuilder.prefix_count): for each cell of x
+ * [n, d], how many of its column's ascending values (values [d, width], width = 2^k - 1, padded with +inf) satisfy
+ * v <= x (or v < x where strict), found as the graph's unrolled search finds it: from pos = 0, for each step from
+ * (width + 1) / 2 down to 1, pos += step where the value at pos + step - 1 satisfies it.  So a NaN counts 0, and
+ * the counts are the graph's integers whatever the order the cells are taken in.  COUNT_CELLS cells of a column
+ * at once: their chains of dependent loads overlap. */
+#define COUNT_CELLS 8
+
+static void prefix_counts_rows(const float *x, int64_t *out, Py_ssize_t n, Py_ssize_t d, const float *values,
+                               Py_ssize_t width, int strict) {
+    for (Py_ssize_t j = 0; j < d; j++) {
+        const float *col = values + j * width;
+        Py_ssize_t r = 0;
+        for (; r + COUNT_CELLS <= n; r += COUNT_CELLS) {
+            float v[COUNT_CELLS];
+            Py_ssize_t pos[COUNT_CELLS];
+            for (int k = 0; k < COUNT_CELLS; k++) {
+                v[k] = x[(r + k) * d + j];
+                pos[k] = 0;
+            }
+            for (Py_ssize_t step = (width + 1) / 2; step >= 1; step /= 2)
+                for (int k = 0; k < COUNT_CELLS; k++) {
+                    const float c = col[pos[k] + step - 1];
+                    pos[k] += (strict ? c < v[k] : c <= v[k]) ? step : 0;
+                }
+            for (int k = 0; k < COUNT_CELLS; k++) out[(r + k) * d + j] = pos[k];
+        }
+        for (; r < n; r++) {
+            const float v = x[r * d + j];
+            Py_ssize_t pos = 0;
+            for (Py_ssize_t step = (width + 1) / 2; step >= 1; step /= 2) {
+                const float c = col[pos + step - 1];
+                pos += (strict ? c < v : c <= v) ? step : 0;
+            }
+            out[r * d + j] = pos;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+/* prefix_counts_rows on 16 cells of a column at a time, one per lane of the gathers.  The first six steps' probes
+ * are among 63 values of the column (2^level at each level), held in registers and picked by permutes. */
+__attribute__((target("avx512f"))) static void prefix_counts_avx512(const float *x, int64_t *out, Py_ssize_t n,
+                                                                     Py_ssize_t d, const float *values,
+                                                                     Py_ssize_t width, int strict) {
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32((int32_t)d));
+    int k_steps = 0;
+    while (((Py_ssize_t)1 << k_steps) < width + 1) k_steps++; /* width = 2^k_steps - 1 */
+    const int top = k_steps < 6 ? k_steps : 6;
+    int32_t got[16];
+    for (Py_ssize_t j = 0; j < d; j++) {
+        const float *col = values + j * width;
+        __m512 level[7]; /* levels 0-4 in one register each, level 5 in two */
+        for (int l = 0; l < top; l++) {
+            float at[32] = {0};
+            const Py_ssize_t step = (Py_ssize_t)1 << (k_steps - l - 1);
+            for (Py_ssize_t i = 0; i < ((Py_ssize_t)1 << l); i++) at[i] = col[(2 * i + 1) * step - 1];
+            level[l] = _mm512_loadu_ps(at);
+            if (l == 5) level[6] = _mm512_loadu_ps(at + 16);
+        }
+        for (Py_ssize_t r = 0; r < n; r += 16) {
+            const __mmask16 live = n - r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - r)) - 1);
+            const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, rows, x + r * d + j, 4);
+            __m512i pos = _mm512_setzero_si512();
+            for (int l = 0; l < k_steps; l++) {
+                const int32_t step = (int32_t)1 << (k_steps - l - 1);
+                __m512 c;
+                if (l < top && l < 5)
+                    c = _mm512_permutexvar_ps(_mm512_srli_epi32(pos, (unsigned)(k_steps - l)), level[l]);
+                else if (l < top)
+                    c = _mm512_permutex2var_ps(level[5], _mm512_srli_epi32(pos, (unsigned)(k_steps - l)), level[6]);
+                else
+                    c = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live,
+                                                 _mm512_add_epi32(pos, _mm512_set1_epi32(step - 1)), col, 4);
+                const __mmask16 in = strict ? _mm512_cmp_ps_mask(c, v, _CMP_LT_OQ) : _mm512_cmp_ps_mask(c, v, _CMP_LE_OQ);
+                pos = _mm512_mask_add_epi32(pos, in, pos, _mm512_set1_epi32(step));
+            }
+            _mm512_storeu_si512(got, pos);
+            for (Py_ssize_t k = 0; k < 16 && r + k < n; k++) out[(r + k) * d + j] = got[k];
+        }
+    }
+}
+#endif
+
+/* prefix_counts(x, values, out, strict[, portable]) -> None: see prefix_counts_rows; out int64 [n, d]; portable takes
+ * the plain C loop where AVX-512 would run (for tests). */
+static PyObject *prefix_counts(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4 && nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "prefix_counts() takes 4 or 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const int strict = PyObject_IsTrue(args[3]), portable = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
+    if (strict < 0 || portable < 0) return NULL;
+    static const int order[2] = {0, 1};
+    Py_buffer v[2], ov = {0};
+    int ok = 0;
+    if (!f32_buffers("prefix_counts", args, order, 2, 0, 0, v)) return NULL;
+    if (PyObject_GetBuffer(args[2], &ov, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto done;
+    const char c = format_char(&ov);
+    if (ov.itemsize != 8 || (c != 'q' && c != 'l')) {
+        PyErr_SetString(PyExc_TypeError, "prefix_counts(): out must be contiguous int64");
+        goto done;
+    }
+    const Py_ssize_t cells = ov.len / 8;
+    Py_ssize_t d = 0, width = 0, n = 0;
+    if (v[1].ndim == 2) {
+        d = v[1].shape[0];
+        width = v[1].shape[1];
+    }
+    n = d ? cells / d : 0;
+    if (d < 1 || width < 1 || ((width + 1) & width) != 0 || v[0].len != cells * 4 || n * d != cells) {
+        PyErr_SetString(PyExc_ValueError, "prefix_counts(): x [n, d], values [d, 2^k - 1], out [n, d]");
+        goto done;
+    }
+    {
+        const float *x = v[0].buf, *values = v[1].buf;
+        int64_t *out = ov.buf;
+        Py_BEGIN_ALLOW_THREADS
+#if defined(__x86_64__)
+        if (!portable && __builtin_cpu_supports("avx512f") && width < INT32_MAX && n * d < INT32_MAX)
+            prefix_counts_avx512(x, out, n, d, values, width, strict);
+        else
+#endif
+            prefix_counts_rows(x, out, n, d, values, width, strict);
+        Py_END_ALLOW_THREADS
+    }
+    ok = 1;
+done:
+    if (ov.obj) PyBuffer_Release(&ov);
+    f32_release(v, 2);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"grid_terms", (PyCFunction)(void (*)(void))grid_terms, METH_FASTCALL,
      "grid_terms(x, out, pos_scale, pos_bias, flat_scale, flat_bias, low, high, thresholds, values, portable=False)"
@@ -739,6 +876,10 @@ static PyMethodDef module_methods[] = {
      "forest_scores(x, out, feat, thr, leaf, depth, factor, base, medians, portable=False) -> None\n\nIForest's "
      "score graph on rows x [n, d] into out [n]: the complete trees' leaf values summed in tree order, times factor, "
      "base to that power; ``portable`` takes the plain C loop where AVX-512 would run (for tests)."},
+    {"prefix_counts", (PyCFunction)(void (*)(void))prefix_counts, METH_FASTCALL,
+     "prefix_counts(x, values, out, strict, portable=False) -> None\n\nPer cell of x [n, d] (float32), how many of its column's "
+     "ascending values (values [d, 2^k - 1], float32) are <= it (< where strict), as the graph's unrolled search "
+     "counts them, into out [n, d] (int64)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -290,3 +290,117 @@ def test_forest_cut_matches_iforest_score_graphs_only(tmp_path: Path) -> None:
     assert serving_graph.forest_cut(deep) is None  # 13 levels: over FOREST_MAX_DEPTH
     assert serving_graph.forest_cut(serving_graph.pruned(graph_of("iforest", n_estimators=2, max_samples=4096),
                                                          ["score"])[0]) is not None
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_compiled_prefix_counts_are_the_searches_counts(portable: bool) -> None:
+    """Ties, NaN (0), infinities, -0.0, the +inf padding, every table width from 1 to 2**13 - 1, 1 to 40 rows."""
+    rng = np.random.default_rng(1)
+    for k in range(1, 14):
+        width, d = 2 ** k - 1, int(rng.integers(1, 5))
+        n_train = int(rng.integers(1, width + 1))
+        values = np.full((d, width), np.inf, dtype=np.float32)
+        values[:, :n_train] = np.sort(np.round(rng.normal(size=(n_train, d)), 1).astype(np.float32), axis=0).T
+        for n in (1, 15, 16, 17, 40):
+            x = np.round(rng.normal(size=(n, d)), 1).astype(np.float32)  # rounded: many ties with the table
+            x.ravel()[::7] = np.nan
+            x.ravel()[1::11] = np.inf
+            x.ravel()[2::13] = -np.inf
+            x.ravel()[3::5] = -0.0
+            for strict in (False, True):
+                out = np.full((n, d), -1, dtype=np.int64)
+                native.grading.prefix_counts(x, values, out, strict, portable)
+                want = np.zeros((n, d), dtype=np.int64)
+                for j in range(d):  # the graph's search, step by step
+                    step = (width + 1) // 2
+                    while step >= 1:
+                        probe = values[j, want[:, j] + step - 1]
+                        want[:, j] += np.where(probe < x[:, j] if strict else probe <= x[:, j], step, 0)
+                        step //= 2
+                np.testing.assert_array_equal(out, want, err_msg=f"width {width}, {n} rows, strict {strict}")
+                side = "left" if strict else "right"
+                counted = np.stack([np.searchsorted(values[j], x[:, j], side=side) for j in range(d)], axis=1)
+                np.testing.assert_array_equal(out, np.where(np.isnan(x), 0, counted))
+
+
+def _ecdf_artifact(root: Path, algorithm: str, X: np.ndarray) -> Artifact:
+    from models.ensemble import Ensemble
+
+    def pipe(name: str) -> Pipeline:
+        return Pipeline(preprocessor=Preprocessor(scaler="standard"), detector=make_detector(name))
+
+    model = Ensemble([pipe("iforest"), pipe("ecod"), pipe("knn")]) if algorithm == "ensemble" else pipe(algorithm)
+    return _artifact(root / algorithm, model.fit(X), X, algorithm)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("algorithm", ["ecod", "copod", "ensemble"])
+def test_graphs_with_ecdf_counts_give_the_graphs_bits(algorithm: str, tmp_path: Path) -> None:
+    """The cut around the counts (alone, or beside a neighbour search) against the whole graph, every output."""
+    import onnx
+
+    gen = SyntheticStream(n_features=9, seed=5)
+    X, _ = gen.sample(3000, anomaly_rate=0.01)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    art = _ecdf_artifact(tmp_path, algorithm, X)
+    model = onnx.load(str(art.model_path))
+    rows, _ = gen.sample(300, anomaly_rate=0.05)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    rows[::3, 0] = X[::3, 0][:100]  # training values: ties with the sorted columns
+    gaps = rows.copy()
+    gaps[::4, ::3] = np.nan
+    extreme = rows.copy()
+    extreme[::5, 0], extreme[1::7, -1], extreme[2::11, 1], extreme[3::13, 2] = np.inf, -np.inf, 3e38, -0.0
+    for graph in (model, serving_graph.pruned(model, ["score"])[0], serving_graph.without_imputation(model)):
+        assert graph is not None
+        cut = serving_graph.neighbour_cut(graph, searches=False, counts=True)
+        assert cut is not None and len(cut.counts) == 2 and not cut.searches
+        assert sorted(c.strict for c in cut.counts) == [False, True]
+        counted = [c.output for c in cut.counts]
+        inner = _session(serving_graph.with_outputs(graph, counted))
+        names = [o.name for o in graph.graph.output]
+        split = native.NeighbourSplit(cut, _session, _session(graph))
+        for batch in (rows, gaps, extreme):
+            for n in (1, 16, 17, 300):
+                feed = {"features": batch[:n]}
+                want = inner.run([*names, *counted], feed)  # type: ignore[attr-defined]
+                for c, w in zip(cut.counts, want[len(names):], strict=True):  # the counts themselves
+                    x = feed["features"] if c.x == "features" else \
+                        dict(zip(cut.head_outputs, _session(cut.head).run(cut.head_outputs, feed)))[c.x]  # type: ignore[attr-defined]
+                    np.testing.assert_array_equal(native.counts(x, c), w)
+                for a, b in zip(split.run(names, feed), want[:len(names)], strict=True):
+                    np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+    both = serving_graph.neighbour_cut(model, counts=True)
+    assert both is not None and len(both.counts) == 2 and len(both.searches) == (algorithm == "ensemble")
+    assert serving_graph.neighbour_cut(model) is None or algorithm == "ensemble"  # counts only when asked
+    _same_as_the_graphs(Scorer(art, providers="cpu"), Scorer(art, providers="cpu", native="never"),
+                        (rows, gaps, extreme))
+
+
+def test_ecdf_counts_are_matched_only_as_the_graph_builds_them(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    gen = SyntheticStream(n_features=4, seed=6)
+    X, _ = gen.sample(1000, anomaly_rate=0.01)
+    model = onnx.load(str(_ecdf_artifact(tmp_path, "ecod", np.ascontiguousarray(X, dtype=np.float32)).model_path))
+    assert len(serving_graph.neighbour_cut(model, counts=True).counts) == 2  # type: ignore[union-attr]
+
+    def edited(name_part: str, edit: object) -> int:
+        g = onnx.ModelProto()
+        g.CopyFrom(model)
+        for i, t in enumerate(g.graph.initializer):
+            if name_part in t.name:
+                g.graph.initializer[i].CopyFrom(numpy_helper.from_array(edit(numpy_helper.to_array(t)), t.name))  # type: ignore[operator]
+        cut = serving_graph.neighbour_cut(g, counts=True)
+        return 0 if cut is None else len(cut.counts)
+
+    assert edited("offset", lambda a: a + 1) == 0  # probes off the table's steps
+    assert edited("sorted_columns", lambda a: a[:, ::-1].copy()) == 0  # columns not ascending
+    assert edited("probe_step", lambda a: a * 2) == 0  # steps not halving to 1
+    assert edited("probe_value", lambda a: a + 1) == 0  # the first probes not the table's
+    reread = onnx.ModelProto()  # an intermediate count read outside the chain
+    reread.CopyFrom(model)
+    where = next(n for n in reread.graph.node if n.op_type == "Where" and "prefix" in n.output[0])
+    reread.graph.node.append(onnx.helper.make_node("Identity", [where.output[0]], ["leak"]))
+    cut = serving_graph.neighbour_cut(reread, counts=True)
+    assert cut is not None and len(cut.counts) == 1  # that chain stays in the graph, the other is cut
