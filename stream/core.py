@@ -241,11 +241,12 @@ class Scorer:
     contributions : {"auto", "all", "alerting", "handover"}
         ``all`` runs the whole graph on every batch; ``alerting`` asks the
         graph for scores alone and for contributions of the alerting rows
-        only, in a second call, recomputing them from the features or from
-        tensors the score call hands over
-        (:func:`stream.serving_graph.contribution_handover`: KNN's and LOF's
-        neighbours), whichever timed faster at load; ``handover`` insists on
-        the hand-over where the graph has one; ``auto`` times the ways once
+        only, in a second call, from tensors the score call hands over where
+        the graph has some (:func:`stream.serving_graph.contribution_handover`:
+        KNN's and LOF's neighbours, CBLOF's squared distances), else
+        recomputed from the features; ``handover`` is the same (it named the
+        hand-over when ``alerting`` still timed it against recomputing, which
+        could round shares differently: see :meth:`_split_choice`); ``auto`` times the ways once
         at load and splits where the score alone on 256 rows plus the
         contributions of 4 rows cost at most 95% of the whole graph on 256
         rows.  Scores, decisions and top features are the same every way
@@ -610,35 +611,43 @@ class Scorer:
 
     def _split_choice(self, pruned: Any, top: Any, relay: tuple[Any, Any, Any, list[str]] | None,
                       *, forced: bool) -> str:
-        """``whole``, ``split`` (score alone, contributions of the alerting rows recomputed) or ``relay``.
+        """``whole``, or the score alone and the alerting rows' contributions: ``relay`` where the score call can
+        hand them its costly tensors, else ``split`` (recomputed).
 
-        Timed once at load on a batch of training medians: graphs whose
-        contributions are separate work (IForest's credit forest, the
-        neighbours' per-feature distances, an ensemble's members) qualify;
-        graphs whose score is the sum of the contributions do not.
+        Timed once at load on a batch of training medians (unless
+        ``forced``): graphs whose contributions are separate work (IForest's
+        credit forest, the neighbours' per-feature distances, an ensemble's
+        members) qualify; graphs whose score is the sum of the contributions
+        do not.  ``split`` and ``relay`` are not raced against each other:
+        onnxruntime's ``ReduceSum`` of a row over the features adds in an
+        order that depends on the row's place in the batch, so shares
+        recomputed on the alerting rows alone can differ from the handed-over
+        ones in the last place (CBLOF's, whose squared distances are handed
+        over), and the served contributions would then depend on a load-time
+        timing.
         """
+        other = "relay" if relay is not None else "split"
+        if forced:
+            return other
         X = self._probe()
         # A batch of 256 at a 1% alert rate holds a few alerting rows: their top contributions
         # are the second call, on the graph that will run it.
         feed, few = {"features": X}, {"features": X[:_SPLIT_ALERTING_ROWS]}
-        trials: list[Callable[[], object]] = [
-            lambda: pruned.run(_SCORE, feed, None), lambda: self._run_c(_OUTPUTS, feed, None),
-            lambda: top.run(_TOP, few, None),
-        ]
+        trials: list[Callable[[], object]] = [lambda: self._run_c(_OUTPUTS, feed, None)]
         if relay is not None:
             _, r_score, r_top, names = relay
             outputs = ["score", *names]
             handed = r_score.run(outputs, feed, None)[1:]
             r_few = dict(few, **{n: h[:_SPLIT_ALERTING_ROWS] for n, h in zip(names, handed)})
             trials += [lambda: r_score.run(outputs, feed, None), lambda: r_top.run(_TOP, r_few, None)]
-        times = self._race(*trials)
-        t_split, t_full = times[0] + times[2], times[1]
-        t_relay = times[3] + times[4] if relay is not None else float("inf")
-        best = min(t_split, t_relay)
-        way = "whole" if not forced and best > _SPLIT_GAIN * t_full else ("relay" if t_relay < t_split else "split")
-        log.info("model %s: per %d rows, whole graph %.0f µs; score alone + %d rows' contributions %.0f µs; "
-                 "handing over %s %.0f µs: %s", self.ref, _SPLIT_PROBE_ROWS, t_full * 1e6, _SPLIT_ALERTING_ROWS,
-                 t_split * 1e6, relay[3] if relay is not None else "nothing", t_relay * 1e6, way)
+        else:
+            trials += [lambda: pruned.run(_SCORE, feed, None), lambda: top.run(_TOP, few, None)]
+        t_full, t_score, t_top = self._race(*trials)
+        way = "whole" if t_score + t_top > _SPLIT_GAIN * t_full else other
+        log.info("model %s: per %d rows, whole graph %.0f µs; score alone + %d rows' contributions %s %.0f µs: %s",
+                 self.ref, _SPLIT_PROBE_ROWS, t_full * 1e6, _SPLIT_ALERTING_ROWS,
+                 f"(handing over {', '.join(relay[3])})" if relay is not None else "(recomputed)",
+                 (t_score + t_top) * 1e6, way)
         return way
 
     def _shrink_arenas(self) -> None:
