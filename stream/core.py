@@ -243,10 +243,10 @@ class Scorer:
         graph for scores alone and for contributions of the alerting rows
         only, in a second call, from tensors the score call hands over where
         the graph has some (:func:`stream.serving_graph.contribution_handover`:
-        KNN's and LOF's neighbours, CBLOF's squared distances), else
-        recomputed from the features; ``handover`` is the same (it named the
-        hand-over when ``alerting`` still timed it against recomputing, which
-        could round shares differently: see :meth:`_split_choice`); ``auto`` times the ways once
+        KNN's and LOF's neighbours, CBLOF's squared distances) and its
+        score-only graph does not run compiled, else recomputed from the
+        features (never chosen by timing: see :meth:`_split_choice`);
+        ``handover`` insists on the hand-over where the graph has one; ``auto`` times the ways once
         at load and splits where the score alone on 256 rows plus the
         contributions of 4 rows cost at most 95% of the whole graph on 256
         rows.  Scores, decisions and top features are the same every way
@@ -624,9 +624,13 @@ class Scorer:
         recomputed on the alerting rows alone can differ from the handed-over
         ones in the last place (CBLOF's, whose squared distances are handed
         over), and the served contributions would then depend on a load-time
-        timing.
+        timing.  The hand-over is taken where the graph has one, unless the
+        score-only graph runs compiled (PCA's, IForest's): then recomputing
+        is the cheaper way (PCA's shares come out the same either way).
         """
-        other = "relay" if relay is not None else "split"
+        # A score-only graph computed compiled (PCA's, IForest's) is cheaper than any hand-over call, which
+        # must run the graph to hand its tensors over.
+        other = "relay" if relay is not None and not isinstance(pruned, (PcaSplit, ForestSplit)) else "split"
         if forced:
             return other
         X = self._probe()
@@ -634,7 +638,7 @@ class Scorer:
         # are the second call, on the graph that will run it.
         feed, few = {"features": X}, {"features": X[:_SPLIT_ALERTING_ROWS]}
         trials: list[Callable[[], object]] = [lambda: self._run_c(_OUTPUTS, feed, None)]
-        if relay is not None:
+        if other == "relay" and relay is not None:
             _, r_score, r_top, names = relay
             outputs = ["score", *names]
             handed = r_score.run(outputs, feed, None)[1:]
@@ -646,7 +650,7 @@ class Scorer:
         way = "whole" if t_score + t_top > _SPLIT_GAIN * t_full else other
         log.info("model %s: per %d rows, whole graph %.0f µs; score alone + %d rows' contributions %s %.0f µs: %s",
                  self.ref, _SPLIT_PROBE_ROWS, t_full * 1e6, _SPLIT_ALERTING_ROWS,
-                 f"(handing over {', '.join(relay[3])})" if relay is not None else "(recomputed)",
+                 f"(handing over {', '.join(relay[3])})" if other == "relay" and relay is not None else "(recomputed)",
                  (t_score + t_top) * 1e6, way)
         return way
 
