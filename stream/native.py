@@ -52,6 +52,14 @@ instead.
 The shared library is built when the package is installed (``hatch_build.py``;
 a C compiler is needed) and used where the CPU has AVX-512F; elsewhere the
 core runs the graph alone.  No import beyond numpy and ctypes.
+
+The grading extension (``stream/_native/grading.c``, a CPython module, any
+x86-64 or other CPU; AVX-512 where present) computes other graphs or parts
+of them: HBOS's grid lookup and tail (:class:`GridSplit`), PCA's and
+IForest's score graphs (:class:`PcaSplit`, :class:`ForestSplit`, kept only
+where their bits match the loaded onnxruntime's), and ECOD's and COPOD's
+ECDF counts, which :class:`NeighbourSplit` cuts out like a search
+(:func:`counts`).
 """
 
 from __future__ import annotations
@@ -81,8 +89,8 @@ except ImportError:
     grading = None  # type: ignore[assignment]
 
 __all__ = ["MIN_ROWS", "ForestSplit", "GridSplit", "NeighbourSplit", "PcaSplit", "Prefilter", "available", "candidates",
-           "counts", "counts_available", "density", "forest_available", "grading", "grid_available", "library_path", "pca_available", "prefilter",
-           "sums_agree"]
+           "counts", "counts_available", "density", "forest_available", "grading", "grid_available", "library_path",
+           "pca_available", "prefilter", "sums_agree"]
 
 log = logging.getLogger(__name__)
 

@@ -663,12 +663,15 @@ def _count_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], re
         want //= 2
     if want != 0 or np.any(values[:, 1:] < values[:, :-1]):  # every step down to 1; ascending rows
         return None
-    ids = {id(n) for n in nodes}
-    for node in nodes:  # nothing but the count leaves the chain
-        for o in node.output:
-            if o != out and any(id(r) not in ids for r in readers.get(o, [])):
-                return None
+    if not _sealed(nodes, out, readers):
+        return None
     return PrefixCount(x, values, op == "Less", out), nodes
+
+
+def _sealed(nodes: list[Any], out: str, readers: dict[str, list[Any]]) -> bool:
+    """Whether nothing ``nodes`` make but ``out`` is read by a node outside them."""
+    ids = {id(n) for n in nodes}
+    return not any(o != out and any(id(r) not in ids for r in readers.get(o, [])) for n in nodes for o in n.output)
 
 
 def _search_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], readers: dict[str, list[Any]],
@@ -688,11 +691,8 @@ def _search_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], r
     ops = [n.op_type for n in nodes]
     if ops.count("MatMul") != 1 or ops.count("ReduceMin") != 1 or ops.count("Pad") != 1:
         return None
-    ids = {id(n) for n in nodes}
-    for node in nodes:  # nothing but the output leaves the search
-        for o in node.output:
-            if o != out and any(id(r) not in ids for r in readers.get(o, [])):
-                return None
+    if not _sealed(nodes, out, readers):  # nothing but the output leaves the search
+        return None
     matmul = next(n for n in nodes if n.op_type == "MatMul")
     pad = next(n for n in nodes if n.op_type == "Pad")
     if matmul.input[0] != pad.output[0] or matmul.input[1] not in consts:

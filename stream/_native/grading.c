@@ -794,9 +794,9 @@ __attribute__((target("avx512f"))) static void prefix_counts_avx512(const float 
                 const int32_t step = (int32_t)1 << (k_steps - l - 1);
                 __m512 c;
                 if (l < top && l < 5)
-                    c = _mm512_permutexvar_ps(_mm512_srli_epi32(pos, (unsigned)(k_steps - l)), level[l]);
+                    c = _mm512_permutexvar_ps(_mm512_srl_epi32(pos, _mm_cvtsi32_si128(k_steps - l)), level[l]);
                 else if (l < top)
-                    c = _mm512_permutex2var_ps(level[5], _mm512_srli_epi32(pos, (unsigned)(k_steps - l)), level[6]);
+                    c = _mm512_permutex2var_ps(level[5], _mm512_srl_epi32(pos, _mm_cvtsi32_si128(k_steps - l)), level[6]);
                 else
                     c = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live,
                                                  _mm512_add_epi32(pos, _mm512_set1_epi32(step - 1)), col, 4);

@@ -59,6 +59,19 @@ def _same_as_the_graphs(art: Artifact, batches: tuple[np.ndarray, ...],
                                                   err_msg=f"{field}, {n} rows, contributions {contributions}")
 
 
+def _held_out(gen: SyntheticStream, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` fresh rows; the same with NaN cells; the same with infinities, a huge value and -0.0."""
+    rows, _ = gen.sample(n, anomaly_rate=0.05)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    gaps = rows.copy()
+    gaps[::4, ::3] = np.nan
+    extreme = rows.copy()  # infinities and huge values: NaN and infinite scores, as the graph gives them
+    last = rows.shape[1] - 1
+    extreme[::5, 0], extreme[1::7, last], extreme[2::11, min(1, last)], extreme[3::13, min(2, last)] = \
+        np.inf, -np.inf, 3e38, -0.0
+    return rows, gaps, extreme
+
+
 def _session(m: object) -> object:
     import onnxruntime as ort
 
@@ -87,12 +100,7 @@ def test_compiled_pca_scores_are_the_graphs_bits(d: int, scaler: str, params: di
     model = serving_graph.fused_affine(model) or model
     score = serving_graph.pruned(model, ["score"])[0]
     complete = serving_graph.without_imputation(score)
-    rows, _ = gen.sample(1001, anomaly_rate=0.05)
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    gaps = rows.copy()
-    gaps[::4, ::3] = np.nan
-    extreme = rows.copy()  # infinities and huge values: NaN and infinite scores, as the graph gives them
-    extreme[::5, 0], extreme[1::7, -1], extreme[2::11, 1], extreme[3::13, 2] = np.inf, -np.inf, 3e38, -0.0
+    rows, gaps, extreme = _held_out(gen, 1001)
     for graph, batches in ((score, (rows, gaps, extreme)), (complete, (rows, extreme))):
         cut = serving_graph.pca_cut(graph)
         assert cut is not None and (cut.medians is not None) == (graph is score)
@@ -208,13 +216,8 @@ def test_compiled_forest_scores_are_the_graphs_bits(d: int, params: dict[str, ob
     model = onnx.load(str(art.model_path))
     score = serving_graph.pruned(model, ["score"])[0]
     complete = serving_graph.without_imputation(score)
-    rows, _ = gen.sample(1001, anomaly_rate=0.05)
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    gaps = rows.copy()
-    gaps[::4, ::3] = np.nan
+    rows, gaps, extreme = _held_out(gen, 1001)
     gaps[1::9] = np.nan  # whole rows missing
-    extreme = rows.copy()
-    extreme[::5, 0], extreme[1::7, -1], extreme[2::11, -1], extreme[3::13, 0] = np.inf, -np.inf, 3e38, -0.0
     ties = rows.copy()  # values on the splits' thresholds: x <= threshold goes to the first child
     cut = serving_graph.forest_cut(score)
     assert cut is not None
@@ -350,13 +353,9 @@ def test_graphs_with_ecdf_counts_give_the_graphs_bits(algorithm: str, tmp_path: 
     X = np.ascontiguousarray(X, dtype=np.float32)
     art = _ecdf_artifact(tmp_path, algorithm, X)
     model = onnx.load(str(art.model_path))
-    rows, _ = gen.sample(300, anomaly_rate=0.05)
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    rows[::3, 0] = X[::3, 0][:100]  # training values: ties with the sorted columns
-    gaps = rows.copy()
-    gaps[::4, ::3] = np.nan
-    extreme = rows.copy()
-    extreme[::5, 0], extreme[1::7, -1], extreme[2::11, 1], extreme[3::13, 2] = np.inf, -np.inf, 3e38, -0.0
+    rows, gaps, extreme = _held_out(gen, 300)
+    for batch in (rows, gaps, extreme):
+        batch[::3, 1] = X[::3, 1][:100]  # training values: ties with the sorted columns
     for graph in (model, serving_graph.pruned(model, ["score"])[0], serving_graph.without_imputation(model)):
         assert graph is not None
         cut = serving_graph.neighbour_cut(graph, searches=False, counts=True)
