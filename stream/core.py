@@ -372,6 +372,7 @@ class Scorer:
         self._grade_c = self._compiled_grading(native)
         self._score_c: Callable[..., list[NDArray[np.float32]]] | None = None
         self._complete_c: Callable[..., list[NDArray[np.float32]]] | None = None
+        self._complete_from = _COMPLETE_ROWS  # the fewest rows a batch without NaN skips the imputation from
         self._top_c: Callable[..., list[NDArray[Any]]] | None = None
         self._handover: list[str] = []  # tensors the score call hands to the alerting rows' call
         self._score_outputs = _SCORE
@@ -412,6 +413,8 @@ class Scorer:
                     run = self._session_from(stripped, "graph without imputation").run
                     if imputation == "skip" or self._complete_pays(run):
                         self._complete_c = run
+                        if isinstance(getattr(run, "__self__", None), (GridSplit, PcaSplit, ForestSplit)):
+                            self._complete_from = 1  # compiled: cheaper than the imputing graph at any size
         self._piece_rows = 0
         self._pieces_kept: dict[str, bool | None] = {}  # per run call (attribute): pieces kept, None on trial
         self._cut_trials: list[tuple[_Cut, int]] = []  # wrappers whose turns start once loaded, and their trials
@@ -897,7 +900,7 @@ class Scorer:
         t0 = perf_counter()
         contrib: NDArray[np.float32] | None
         complete = self._complete_c
-        if complete is not None and (X.shape[0] < _COMPLETE_ROWS or isnan(np.minimum.reduce(X, axis=None))):
+        if complete is not None and (X.shape[0] < self._complete_from or isnan(np.minimum.reduce(X, axis=None))):
             complete = None
         handed: list[NDArray[Any]] = []
         if self._score_c is not None:
@@ -1035,7 +1038,8 @@ _SCORE = ["score"]
 _CONTRIBUTIONS = ["contributions"]
 _TOP = [serving_graph.TOP_SHARE, serving_graph.TOP_INDEX]
 # From this many rows a batch without NaN may skip the imputation: the NaN check (a min over the
-# batch, ~0.9 µs) costs more than the two skipped nodes save on fewer rows.
+# batch, ~0.9 µs) costs more than the two skipped nodes save on fewer rows.  Where the graph without
+# imputation runs compiled (HBOS's grid, PCA's and IForest's scores), from one row.
 _COMPLETE_ROWS = 8
 _SPLIT_PROBE_ROWS = 256
 # Rows (three scales of them) on which PCA's compiled score and HBOS's compiled tail must give the graph's bits:
