@@ -410,10 +410,10 @@ class Scorer:
             if imputation != "always":
                 stripped = serving_graph.without_imputation(model)
                 if stripped is not None:
-                    run = self._session_from(stripped, "graph without imputation").run
-                    if imputation == "skip" or self._complete_pays(run):
-                        self._complete_c = run
-                        if isinstance(getattr(run, "__self__", None), (GridSplit, PcaSplit, ForestSplit)):
+                    runner = self._session_from(stripped, "graph without imputation")
+                    if imputation == "skip" or self._complete_pays(runner.run):
+                        self._complete_c = runner.run
+                        if isinstance(runner, (GridSplit, PcaSplit, ForestSplit)):
                             self._complete_from = 1  # compiled: cheaper than the imputing graph at any size
         self._piece_rows = 0
         self._pieces_kept: dict[str, bool | None] = {}  # per run call (attribute): pieces kept, None on trial

@@ -547,10 +547,9 @@ def neighbour_cut(model: Any, *, searches: bool = True, counts: bool = False) ->
         cut |= {id(n) for n in nodes}
     if not found_searches and not found_counts:
         return None
-    searches_ = found_searches
     rest = [n for n in graph.node if id(n) not in cut]
     rest_producer = {o: n for n in rest for o in n.output}
-    wanted = [s.x for s in searches_] + [s.exact.x for s in searches_ if s.exact is not None] \
+    wanted = [s.x for s in found_searches] + [s.exact.x for s in found_searches if s.exact is not None] \
         + [c.x for c in found_counts]
     head_ids = {id(n) for n in _ancestors(rest_producer, set(wanted))}
     head_nodes = [n for n in rest if id(n) in head_ids]
@@ -558,7 +557,7 @@ def neighbour_cut(model: Any, *, searches: bool = True, counts: bool = False) ->
     graph_inputs = [i.name for i in graph.input]
     outputs = {o.name for o in graph.output}
     head_made = {o for n in head_nodes for o in n.output}
-    searched = {s.output for s in searches_} | {s.exact.output for s in searches_ if s.exact is not None} \
+    searched = {s.output for s in found_searches} | {s.exact.output for s in found_searches if s.exact is not None} \
         | {c.output for c in found_counts}
     tail_reads = set().union(*(_inputs_of(n) for n in tail_nodes)) if tail_nodes else set()
     tail_inputs = [name for name in [*graph_inputs, *sorted(head_made), *sorted(searched)]
@@ -569,7 +568,7 @@ def neighbour_cut(model: Any, *, searches: bool = True, counts: bool = False) ->
     head = _part(model, info, head_nodes, graph_inputs, head_outputs) if head_nodes else None
     tail_made = {o for n in tail_nodes for o in n.output}
     tail = _part(model, info, tail_nodes, tail_inputs, [o.name for o in graph.output if o.name in tail_made])
-    return NeighbourCut(head, head_outputs, searches_, tail, tail_inputs, found_counts)
+    return NeighbourCut(head, head_outputs, found_searches, tail, tail_inputs, found_counts)
 
 
 def _count_behind(out: str, producer: dict[str, Any], consts: dict[str, Any], readers: dict[str, list[Any]],
@@ -994,6 +993,42 @@ class PcaCut:
     medians: NDArray[np.float32] | None = None  # NaN in x replaced by these first (the imputation), if given
 
 
+class _ScoreNodes:
+    """A score-only graph matched node by node from ``score`` back to its input (:func:`pca_cut`, :func:`forest_cut`).
+
+    :meth:`node` returns the producer of a tensor if it is the op expected
+    (else raises :class:`_NoMatch`) and counts it as matched; :meth:`reached`
+    tells whether a tensor is the graph's input and every node was matched.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from onnx import numpy_helper
+
+        graph = model.graph
+        self.score_only = [o.name for o in graph.output] == ["score"] and len(graph.input) == 1
+        self.input = graph.input[0].name if graph.input else ""
+        self.nodes = len(graph.node)
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.used: list[Any] = []
+
+    def node(self, name: str, op: str, n_in: int, domain: tuple[str, ...] = ("", "ai.onnx")) -> Any:
+        got = self.producer.get(name)
+        if got is None or got.op_type != op or len(got.input) != n_in or got.domain not in domain:
+            raise _NoMatch(name)
+        self.used.append(got)
+        return got
+
+    def last(self) -> str:
+        """The tensor behind the ``Identity`` to ``score`` (or ``score`` itself where there is none)."""
+        made = self.producer.get("score")
+        return self.node("score", "Identity", 1).input[0] if made is not None and made.op_type == "Identity" \
+            else "score"
+
+    def reached(self, x: str) -> bool:
+        return x == self.input and len(self.used) == self.nodes
+
+
 def pca_cut(model: Any) -> PcaCut | None:
     """``model`` as PCA's score graph, matched node by node, or None where it is anything else.
 
@@ -1007,21 +1042,10 @@ def pca_cut(model: Any) -> PcaCut | None:
     axis (then an ``Identity`` to ``score``), every ``Gemm`` plain (alpha 1,
     beta 1, no transposes) and every tensor float32.
     """
-    from onnx import numpy_helper
-
-    graph = model.graph
-    if [o.name for o in graph.output] != ["score"] or len(graph.input) != 1:
+    m = _ScoreNodes(model)
+    if not m.score_only:
         return None
-    producer = {o: n for n in graph.node for o in n.output}
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    used: list[Any] = []
-
-    def node(name: str, op: str, n_in: int) -> Any:
-        got = producer.get(name)
-        if got is None or got.op_type != op or len(got.input) != n_in or got.domain not in ("", "ai.onnx"):
-            raise _NoMatch(name)
-        used.append(got)
-        return got
+    node, producer, consts = m.node, m.producer, m.consts
 
     def const(name: str, shape: tuple[int, ...]) -> NDArray[np.float32]:
         v = consts.get(name)
@@ -1035,9 +1059,7 @@ def pca_cut(model: Any) -> PcaCut | None:
             raise _NoMatch(g.name)
 
     try:
-        last = node("score", "Identity", 1).input[0] if producer.get("score") is not None and \
-            producer["score"].op_type == "Identity" else "score"
-        flat = node(last, "Reshape", 2)
+        flat = node(m.last(), "Reshape", 2)
         if consts.get(flat.input[1]) is None or consts[flat.input[1]].tolist() != [-1]:
             return None
         matmul = node(flat.input[0], "MatMul", 2)
@@ -1068,7 +1090,7 @@ def pca_cut(model: Any) -> PcaCut | None:
                 return None
             x = bn.input[0]
         x, medians = _before_imputation(x, d, node, consts)
-        if x != graph.input[0].name or len(used) != len(graph.node):
+        if not m.reached(x):
             return None
     except _NoMatch:
         return None
@@ -1130,21 +1152,10 @@ def forest_cut(model: Any) -> ForestCut | None:
     levels), ``Squeeze`` of axis 1, ``Mul`` by a float32 scalar and ``Pow``
     of a float32 scalar to that (then an ``Identity`` to ``score``).
     """
-    from onnx import numpy_helper
-
-    graph = model.graph
-    if [o.name for o in graph.output] != ["score"] or len(graph.input) != 1:
+    m = _ScoreNodes(model)
+    if not m.score_only:
         return None
-    producer = {o: n for n in graph.node for o in n.output}
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    used: list[Any] = []
-
-    def node(name: str, op: str, n_in: int, domain: tuple[str, ...] = ("", "ai.onnx")) -> Any:
-        got = producer.get(name)
-        if got is None or got.op_type != op or len(got.input) != n_in or got.domain not in domain:
-            raise _NoMatch(name)
-        used.append(got)
-        return got
+    node, consts = m.node, m.consts
 
     def scalar(name: str) -> float:
         v = consts.get(name)
@@ -1153,9 +1164,7 @@ def forest_cut(model: Any) -> ForestCut | None:
         return float(v.reshape(-1)[0])
 
     try:
-        last = node("score", "Identity", 1).input[0] if producer.get("score") is not None and \
-            producer["score"].op_type == "Identity" else "score"
-        power = node(last, "Pow", 2)
+        power = node(m.last(), "Pow", 2)
         base = scalar(power.input[0])
         product = node(power.input[1], "Mul", 2)
         path, factor_name = product.input if product.input[1] in consts else product.input[::-1]
@@ -1166,12 +1175,12 @@ def forest_cut(model: Any) -> ForestCut | None:
         forest = node(squeeze.input[0], "TreeEnsembleRegressor", 1, ("ai.onnx.ml",))
         info = _tensor_infos(model)
         x = forest.input[0]
-        width = info[graph.input[0].name].type.tensor_type.shape.dim
+        width = info[m.input].type.tensor_type.shape.dim
         if len(width) != 2 or not width[1].HasField("dim_value"):
             return None
         d = int(width[1].dim_value)
         x, medians = _before_imputation(x, d, node, consts)
-        if x != graph.input[0].name or len(used) != len(graph.node):
+        if not m.reached(x):
             return None
         trees = _complete_trees(forest, d)
     except _NoMatch:
